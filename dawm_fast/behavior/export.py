@@ -1,0 +1,122 @@
+"""Pick the medium and expert behaviour policies from an online TD3 run and write the small files
+the embedded datasets are generated from (``dawm_fast/data/policies/<env>.{npz,json}``).
+
+    python -m dawm_fast.behavior.export --env walker2d --workdir runs/behavior/walker2d
+
+- expert: the snapshot with the best 10-episode evaluation among the run's best logged ones
+- medium: the snapshot whose 10-episode return is closest to `medium_fraction` of the expert's,
+  among those logged between a third and a half of it (the D4RL recipe's "about a third")
+- replay: every snapshot before the medium one (float16), from which medium-replay is rebuilt
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+
+from dawm_fast.data.embedded import POLICY_DIR
+from dawm_fast.data.numpy_policy import NumpyPolicy
+from dawm_fast.data.tasks import env_family
+
+EVAL_SEED = 777
+
+
+def evaluate(policy, gym_id: str, episodes: int = 10, seed: int = EVAL_SEED) -> np.ndarray:
+    env = gym.make(gym_id)
+    rets = []
+    for i in range(episodes):
+        o, _ = env.reset(seed=seed + i)
+        done, ret = False, 0.0
+        while not done:
+            o, r, term, trunc, _ = env.step(policy(o[None])[0])
+            ret += float(r)
+            done = term or trunc
+        rets.append(ret)
+    env.close()
+    return np.asarray(rets)
+
+
+def random_policy(act_dim: int, seed: int):
+    rng = np.random.default_rng(seed)
+    return lambda obs: rng.uniform(-1, 1, (len(obs), act_dim)).astype(np.float32)
+
+
+def export(env: str, workdir: Path, out_dir: Path = POLICY_DIR, n_expert_candidates: int = 5,
+           medium_fraction: float = 0.4, medium_range=(1 / 3, 1 / 2), command: str = "") -> dict:
+    fam = env_family(env)
+    with open(workdir / "log.csv") as f:
+        log = [(int(r["step"]), float(r["eval_return_mean"])) for r in csv.DictReader(f)]
+    snap = lambda step: workdir / "snapshots" / f"actor_{step:07d}.npz"
+    log = [(s, r) for s, r in log if snap(s).exists()]
+    load = lambda step: dict(np.load(snap(step)))
+
+    best = sorted(log, key=lambda x: -x[1])[:n_expert_candidates]
+    evals = {s: evaluate(NumpyPolicy(load(s)), fam.gym_id_v5) for s, _ in best}
+    expert_step = max(evals, key=lambda s: evals[s].mean())
+    expert_ret = evals[expert_step]
+    print(f"[export] expert: step {expert_step}, return {expert_ret.mean():.1f} ± "
+          f"{expert_ret.std():.1f} (10 episodes)")
+
+    lo, hi = (f * expert_ret.mean() for f in medium_range)
+    cands = [s for s, r in log if lo <= r <= hi and s < expert_step]
+    if not cands:
+        raise SystemExit(f"no snapshot logged a return in [{lo:.0f}, {hi:.0f}]; "
+                         f"snapshot more often (--snapshot-every) and train again")
+    med_evals = {s: evaluate(NumpyPolicy(load(s)), fam.gym_id_v5) for s in cands[:8]}
+    target = medium_fraction * expert_ret.mean()
+    medium_step = min(med_evals, key=lambda s: abs(med_evals[s].mean() - target))
+    medium_ret = med_evals[medium_step]
+    print(f"[export] medium: step {medium_step}, return {medium_ret.mean():.1f} ± "
+          f"{medium_ret.std():.1f} (10 episodes; target {target:.0f})")
+    random_ret = evaluate(random_policy(fam.act_dim, 0), fam.gym_id_v5)
+
+    cfg = json.loads((workdir / "config.json").read_text())
+    replay_steps = [s for s, _ in log if s <= medium_step]
+    arrays = {}
+    for prefix, step, dtype in ([("expert", expert_step, np.float32),
+                                 ("medium", medium_step, np.float32)]
+                                + [(f"replay_{i:03d}", s, np.float16)
+                                   for i, s in enumerate(replay_steps)]):
+        for k, v in load(step).items():
+            arrays[f"{prefix}/{k}"] = np.asarray(v, dtype) if k != "max_action" else v
+    meta = {
+        "env": env, "gym_id": fam.gym_id_v5, "algorithm": "TD3 (dawm_fast.behavior.online_td3)",
+        "command": command or (f"python -m dawm_fast.behavior.online_td3 --env {env} --workdir "
+                               f"{workdir} --seed {cfg['seed']} --target-return "
+                               f"{cfg['target_return']} && python -m dawm_fast.behavior.export "
+                               f"--env {env} --workdir {workdir}"),
+        "train_config": cfg,
+        "expert_step": expert_step, "expert_return": float(expert_ret.mean()),
+        "expert_return_std": float(expert_ret.std()),
+        "medium_step": medium_step, "medium_return": float(medium_ret.mean()),
+        "medium_return_std": float(medium_ret.std()),
+        "random_return": float(random_ret.mean()),
+        "eval": "10 deterministic episodes, seeds 777..786",
+        # The trainer snapshots every snapshot_every steps; snapshot i acted from its step on.
+        "replay": {"snapshot_steps": replay_steps, "steps": medium_step,
+                   "start_steps": cfg["start_steps"], "expl_noise": cfg["expl_noise"]},
+        "training_log": log,
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(out_dir / f"{env}.npz", **arrays)
+    (out_dir / f"{env}.json").write_text(json.dumps(meta, indent=1))
+    print(f"[export] wrote {out_dir / (env + '.npz')} ({len(replay_steps)} replay snapshots)")
+    return meta
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--env", required=True)
+    p.add_argument("--workdir", required=True, type=Path)
+    p.add_argument("--out-dir", type=Path, default=POLICY_DIR)
+    p.add_argument("--medium-fraction", type=float, default=0.4)
+    a = p.parse_args(argv)
+    export(a.env, a.workdir, a.out_dir, medium_fraction=a.medium_fraction)
+
+
+if __name__ == "__main__":
+    main()

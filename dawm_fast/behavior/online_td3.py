@@ -1,0 +1,266 @@
+"""Online TD3 (Fujimoto et al., 2018) on Gymnasium MuJoCo v5: trains the behaviour policies from
+which the embedded D4RL-recipe datasets are generated.
+
+Resumable: ``state.pt`` (networks, optimizers, counters, RNG states) and ``buffer.npy`` are written
+atomically every ``checkpoint_every`` steps; re-running with the same ``--workdir`` continues. If
+the buffer file is gone (a fresh clone holds only the small ``state.pt``), the run refills the
+buffer with ``start_steps`` of the current policy's exploration before updating again.
+
+Every ``snapshot_every`` steps the actor is saved (``snapshots/actor_XXXXXXX.npz``) and evaluated;
+``dawm_fast.behavior.export`` later picks the medium and expert policies from these snapshots and
+keeps the ones before the medium policy to rebuild a medium-replay buffer.
+
+    python -m dawm_fast.behavior.online_td3 --env walker2d --workdir runs/behavior/walker2d
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import dataclasses
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dawm_fast.data.tasks import env_family
+from dawm_fast.rl.networks import DeterministicActor, TwinCritic, actor_to_numpy
+
+
+@dataclass
+class OnlineTD3Config:
+    env: str = "walker2d"            # env family: walker2d | hopper | halfcheetah
+    total_steps: int = 1_000_000     # env steps at most
+    start_steps: int = 25_000        # uniform-random actions before learning starts
+    batch_size: int = 256
+    hidden: int = 256
+    lr: float = 3e-4
+    gamma: float = 0.99
+    tau: float = 0.005
+    expl_noise: float = 0.1          # Gaussian exploration noise (fraction of max action)
+    policy_noise: float = 0.2        # target policy smoothing noise
+    noise_clip: float = 0.5
+    policy_freq: int = 2             # actor / target update every `policy_freq` critic updates
+    snapshot_every: int = 10_000     # actor snapshot + evaluation period (env steps)
+    eval_episodes: int = 5
+    checkpoint_every: int = 10_000
+    target_return: float | None = None   # stop once a 10-episode evaluation reaches this
+    seed: int = 0
+    threads: int = 1
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _atomic_np_save(arr: np.ndarray, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp.npy")
+    np.save(tmp, arr)
+    os.replace(tmp, path)
+
+
+def evaluate_actor(actor: DeterministicActor, gym_id: str, episodes: int, seed: int) -> np.ndarray:
+    env = gym.make(gym_id)
+    returns = []
+    for i in range(episodes):
+        obs, _ = env.reset(seed=seed + i)
+        done, ret = False, 0.0
+        while not done:
+            with torch.no_grad():
+                a = actor(torch.as_tensor(obs, dtype=torch.float32)[None])[0].numpy()
+            obs, r, term, trunc, _ = env.step(a)
+            ret += float(r)
+            done = term or trunc
+        returns.append(ret)
+    env.close()
+    return np.asarray(returns)
+
+
+class OnlineTD3:
+    def __init__(self, cfg: OnlineTD3Config, workdir: Path):
+        self.cfg = cfg
+        self.workdir = workdir
+        fam = env_family(cfg.env)
+        self.gym_id = fam.gym_id_v5
+        self.obs_dim, self.act_dim = fam.obs_dim, fam.act_dim
+        torch.manual_seed(cfg.seed)
+        self.rng = np.random.default_rng(cfg.seed)
+        self.actor = DeterministicActor(self.obs_dim, self.act_dim, cfg.hidden)
+        self.critic = TwinCritic(self.obs_dim, self.act_dim, cfg.hidden)
+        self.actor_target = copy.deepcopy(self.actor)
+        self.critic_target = copy.deepcopy(self.critic)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.lr)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.lr)
+        # buffer rows: obs | act | reward | next_obs | terminal
+        self.width = 2 * self.obs_dim + self.act_dim + 2
+        self.buffer = np.zeros((cfg.total_steps, self.width), np.float32)
+        self.size = 0
+        self.step = 0
+        self.updates = 0
+        self.refill_until = 0  # after a resume without buffer: explore only until this step
+
+    # -- persistence ---------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "config": dataclasses.asdict(self.cfg),
+            "actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
+            "actor_target": self.actor_target.state_dict(),
+            "critic_target": self.critic_target.state_dict(),
+            "actor_opt": self.actor_opt.state_dict(), "critic_opt": self.critic_opt.state_dict(),
+            "size": self.size, "step": self.step, "updates": self.updates,
+            "torch_rng": torch.get_rng_state(), "np_rng": self.rng.bit_generator.state,
+        }
+
+    def save(self) -> None:
+        _atomic_np_save(self.buffer[: self.size], self.workdir / "buffer.npy")
+        _atomic_save(self.state_dict(), self.workdir / "state.pt")
+
+    def try_resume(self) -> bool:
+        path = self.workdir / "state.pt"
+        if not path.exists():
+            return False
+        sd = torch.load(path, weights_only=False)
+        for name in ("actor", "critic", "actor_target", "critic_target", "actor_opt",
+                     "critic_opt"):
+            getattr(self, name).load_state_dict(sd[name])
+        self.step, self.updates = sd["step"], sd["updates"]
+        torch.set_rng_state(sd["torch_rng"])
+        self.rng.bit_generator.state = sd["np_rng"]
+        buf_path = self.workdir / "buffer.npy"
+        if buf_path.exists():
+            buf = np.load(buf_path)
+            self.size = len(buf)
+            self.buffer[: self.size] = buf
+        else:
+            self.size = 0
+            self.refill_until = self.step + self.cfg.start_steps
+            print(f"[td3] buffer.npy missing: refilling {self.cfg.start_steps} steps with the "
+                  f"current policy before updates resume")
+        return True
+
+    # -- learning ------------------------------------------------------------------------------
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        if self.step < self.cfg.start_steps:
+            return self.rng.uniform(-1, 1, self.act_dim).astype(np.float32)
+        with torch.no_grad():
+            a = self.actor(torch.as_tensor(obs, dtype=torch.float32)[None])[0].numpy()
+        a = a + self.rng.normal(0, self.cfg.expl_noise, self.act_dim)
+        return np.clip(a, -1, 1).astype(np.float32)
+
+    def update(self) -> None:
+        cfg = self.cfg
+        idx = self.rng.integers(0, self.size, cfg.batch_size)
+        b = torch.as_tensor(self.buffer[idx])
+        o, d = self.obs_dim, self.act_dim
+        obs, act, rew = b[:, :o], b[:, o:o + d], b[:, o + d]
+        next_obs, term = b[:, o + d + 1:2 * o + d + 1], b[:, -1]
+        with torch.no_grad():
+            noise = (torch.randn_like(act) * cfg.policy_noise).clamp(-cfg.noise_clip,
+                                                                     cfg.noise_clip)
+            next_act = (self.actor_target(next_obs) + noise).clamp(-1, 1)
+            tq1, tq2 = self.critic_target(next_obs, next_act)
+            target = rew + cfg.gamma * (1 - term) * torch.min(tq1, tq2)
+        q1, q2 = self.critic(obs, act)
+        critic_loss = F.mse_loss(q1, target) + F.mse_loss(q2, target)
+        self.critic_opt.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        self.critic_opt.step()
+        self.updates += 1
+        if self.updates % cfg.policy_freq == 0:
+            actor_loss = -self.critic.q1(torch.cat([obs, self.actor(obs)], -1)).mean()
+            self.actor_opt.zero_grad(set_to_none=True)
+            actor_loss.backward()
+            self.actor_opt.step()
+            with torch.no_grad():
+                for net, tgt in ((self.actor, self.actor_target),
+                                 (self.critic, self.critic_target)):
+                    for p, tp in zip(net.parameters(), tgt.parameters()):
+                        tp.lerp_(p, cfg.tau)
+
+    def snapshot(self) -> float:
+        snap_dir = self.workdir / "snapshots"
+        snap_dir.mkdir(exist_ok=True)
+        np.savez(snap_dir / f"actor_{self.step:07d}.npz", **actor_to_numpy(self.actor))
+        rets = evaluate_actor(self.actor, self.gym_id, self.cfg.eval_episodes,
+                              seed=10_000 + self.step)
+        new = not (self.workdir / "log.csv").exists()
+        with open(self.workdir / "log.csv", "a", newline="") as f:
+            w = csv.writer(f)
+            if new:
+                w.writerow(["step", "eval_return_mean", "eval_return_std", "wall_s"])
+            w.writerow([self.step, f"{rets.mean():.1f}", f"{rets.std():.1f}",
+                        f"{time.time() - self.t0:.0f}"])
+        return float(rets.mean())
+
+    def train(self) -> None:
+        cfg = self.cfg
+        torch.set_num_threads(cfg.threads)
+        resumed = self.try_resume()
+        (self.workdir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
+        print(f"[td3] env {self.gym_id} seed {cfg.seed} {'resumed at step ' + str(self.step) if resumed else 'fresh'}",
+              flush=True)
+        env = gym.make(self.gym_id)
+        obs, _ = env.reset(seed=cfg.seed + self.step)
+        self.t0 = time.time()
+        t_rate, s_rate = time.time(), self.step
+        ep_ret, ep_len = 0.0, 0
+        while self.step < cfg.total_steps:
+            act = self.act(obs)
+            next_obs, r, term, trunc, _ = env.step(act)
+            row = self.buffer[self.size]
+            o, d = self.obs_dim, self.act_dim
+            row[:o], row[o:o + d], row[o + d] = obs, act, r
+            row[o + d + 1:2 * o + d + 1], row[-1] = next_obs, float(term)
+            self.size += 1
+            self.step += 1
+            ep_ret += float(r)
+            ep_len += 1
+            obs = next_obs
+            if term or trunc:
+                obs, _ = env.reset()
+                ep_ret, ep_len = 0.0, 0
+            if self.step >= cfg.start_steps and self.step >= self.refill_until:
+                self.update()
+            if self.step % cfg.snapshot_every == 0:
+                mean_ret = self.snapshot()
+                rate = (self.step - s_rate) / (time.time() - t_rate)
+                eta = (cfg.total_steps - self.step) / max(rate, 1e-9) / 60
+                print(f"[td3] step {self.step:>7d}  eval return {mean_ret:8.1f}  "
+                      f"{rate:6.0f} steps/s  ETA {eta:5.1f} min (at most)", flush=True)
+                t_rate, s_rate = time.time(), self.step
+                if cfg.target_return is not None and mean_ret >= cfg.target_return:
+                    rets = evaluate_actor(self.actor, self.gym_id, 10, seed=20_000 + self.step)
+                    print(f"[td3] 10-episode check: {rets.mean():.1f} ± {rets.std():.1f}",
+                          flush=True)
+                    if rets.mean() >= cfg.target_return:
+                        self.save()
+                        print("[td3] target return reached; stopping", flush=True)
+                        break
+            if self.step % cfg.checkpoint_every == 0:
+                self.save()
+        self.save()
+        env.close()
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--workdir", required=True, type=Path)
+    for f in dataclasses.fields(OnlineTD3Config):
+        kw = {"type": float if f.name == "target_return" else type(f.default)}
+        p.add_argument("--" + f.name.replace("_", "-"), default=f.default, **kw)
+    args = p.parse_args(argv)
+    cfg = OnlineTD3Config(**{f.name: getattr(args, f.name) for f in dataclasses.fields(OnlineTD3Config)})
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    OnlineTD3(cfg, args.workdir).train()
+
+
+if __name__ == "__main__":
+    main()

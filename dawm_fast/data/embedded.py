@@ -1,0 +1,207 @@
+"""The project's own D4RL-recipe datasets, generated on first use from committed policy weights.
+
+Each env family has ``policies/<env>.npz`` (actor weights in numpy: ``expert/*``, ``medium/*`` and
+the training snapshots ``replay_XXX/*`` taken before the medium policy) and ``policies/<env>.json``
+(how they were made: the training command, evaluation returns, the replay schedule).
+
+Recipe (D4RL, see REFERENCE.md), on Gymnasium MuJoCo v5:
+  expert         rollouts of the fully trained policy
+  medium         rollouts of a policy stopped at about a third to a half of the expert's return
+  medium-replay  the replay buffer of training up to the medium policy, rebuilt by rolling out the
+                 training snapshots in order with the trainer's exploration noise (uniform random
+                 actions for the first ``start_steps``), as the online trainer filled its buffer
+  medium-expert  medium followed by expert
+
+Datasets are written to the local Minari store under the namespace ``dawm_fast/`` (ids such as
+``dawm_fast/walker2d/expert-v0``) so they never pass for Minari's official ``mujoco/`` sets.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .dataset import DatasetError, OfflineDataset, concatenate
+from .minari_store import is_local, read_minari, write_minari
+from .numpy_policy import NumpyPolicy
+from .tasks import EnvFamily
+
+POLICY_DIR = Path(__file__).parent / "policies"
+NAMESPACE = "dawm_fast"
+DATASET_VERSION = "v0"
+
+
+@dataclass(frozen=True)
+class EmbeddedRecipe:
+    """Sizes and noise of the generated datasets (changing them means a new DATASET_VERSION)."""
+    expert_steps: int = 200_000      # D4RL: 1M; smaller keeps first-use generation under minutes
+    medium_steps: int = 200_000
+    rollout_noise: float = 0.1       # Gaussian action noise of medium/expert rollouts
+    n_envs: int = 8                  # envs stepped in lockstep (one batched policy call per step)
+    replay_steps: int | None = None  # cap on medium-replay (None: up to the medium policy, as D4RL)
+
+
+RECIPE = EmbeddedRecipe()
+
+
+def minari_id(env: str, kind: str) -> str:
+    return f"{NAMESPACE}/{env}/{kind}-{DATASET_VERSION}"
+
+
+def policy_files(env: str) -> tuple[Path, Path]:
+    return POLICY_DIR / f"{env}.npz", POLICY_DIR / f"{env}.json"
+
+
+def has_policies(env: str) -> bool:
+    return all(p.exists() for p in policy_files(env))
+
+
+def load_meta(env: str) -> dict:
+    return json.loads(policy_files(env)[1].read_text())
+
+
+def _rollout_episodes(family: EnvFamily, policy, n_steps: int, noise: float, seed: int,
+                      n_envs: int, progress) -> list[dict]:
+    """Whole episodes of `policy` (+ Gaussian noise) until at least n_steps steps are collected."""
+    import gymnasium as gym
+
+    rng = np.random.default_rng(seed)
+    envs = [gym.make(family.gym_id_v5) for _ in range(n_envs)]
+    next_seed = seed * 100_003
+    obs, bufs = [], []
+    for env in envs:
+        o, _ = env.reset(seed=next_seed)
+        next_seed += 1
+        obs.append(o)
+        bufs.append({"observations": [o], "actions": [], "rewards": [], "terminations": [],
+                     "truncations": []})
+    episodes, collected = [], 0
+    while collected < n_steps:
+        act = policy(np.stack(obs))
+        act = np.clip(act + rng.normal(0, noise, act.shape), -1, 1).astype(np.float32)
+        for i, env in enumerate(envs):
+            o, r, term, trunc, _ = env.step(act[i])
+            b = bufs[i]
+            b["observations"].append(o)
+            b["actions"].append(act[i])
+            b["rewards"].append(r)
+            b["terminations"].append(term)
+            b["truncations"].append(trunc)
+            if term or trunc:
+                if collected < n_steps:
+                    episodes.append(b)
+                    collected += len(b["actions"])
+                    progress(len(b["actions"]))
+                o, _ = env.reset(seed=next_seed)
+                next_seed += 1
+                bufs[i] = {"observations": [o], "actions": [], "rewards": [], "terminations": [],
+                           "truncations": []}
+            obs[i] = o
+    for env in envs:
+        env.close()
+    return episodes
+
+
+def _replay_episodes(family: EnvFamily, snapshots: list[tuple[int, NumpyPolicy]], n_steps: int,
+                     start_steps: int, noise: float, seed: int, progress) -> list[dict]:
+    """Rebuild the online trainer's replay buffer up to n_steps: one env, stepped continuously,
+    acting with the latest snapshot taken at or before the current step."""
+    import gymnasium as gym
+
+    rng = np.random.default_rng(seed)
+    env = gym.make(family.gym_id_v5)
+    o, _ = env.reset(seed=seed)
+    buf = {"observations": [o], "actions": [], "rewards": [], "terminations": [], "truncations": []}
+    episodes, k = [], -1
+    for step in range(n_steps):
+        while k + 1 < len(snapshots) and snapshots[k + 1][0] <= step:
+            k += 1
+        if step < start_steps or k < 0:
+            a = rng.uniform(-1, 1, family.act_dim).astype(np.float32)
+        else:
+            a = snapshots[k][1](o[None])[0]
+            a = np.clip(a + rng.normal(0, noise, a.shape), -1, 1).astype(np.float32)
+        o, r, term, trunc, _ = env.step(a)
+        trunc = trunc or step == n_steps - 1
+        for key, v in (("observations", o), ("actions", a), ("rewards", r),
+                       ("terminations", term), ("truncations", trunc)):
+            buf[key].append(v)
+        if term or trunc:
+            episodes.append(buf)
+            progress(len(buf["actions"]))
+            o, _ = env.reset()
+            buf = {"observations": [o], "actions": [], "rewards": [], "terminations": [],
+                   "truncations": []}
+    env.close()
+    return episodes
+
+
+def generate(family: EnvFamily, kind: str, recipe: EmbeddedRecipe | None = None, seed: int = 0,
+             log=print) -> None:
+    """Generate one embedded dataset (medium, medium-replay or expert) into the Minari store."""
+    from tqdm import tqdm
+
+    recipe = recipe or RECIPE
+
+    env = family.name
+    npz_path, _ = policy_files(env)
+    meta = load_meta(env)
+    weights = np.load(npz_path)
+
+    def policy(prefix: str) -> NumpyPolicy:
+        return NumpyPolicy({k.split("/", 1)[1]: weights[k] for k in weights.files
+                            if k.startswith(prefix + "/")})
+
+    kind_seed = {"medium": 1, "medium-replay": 2, "expert": 3}[kind] + 10 * seed
+    t0 = time.time()
+    if kind == "medium-replay":
+        replay = meta["replay"]
+        n_steps = min(replay["steps"], recipe.replay_steps or replay["steps"])
+        snaps = [(s, policy(f"replay_{i:03d}")) for i, s in enumerate(replay["snapshot_steps"])]
+    else:
+        n_steps = recipe.expert_steps if kind == "expert" else recipe.medium_steps
+    bar = tqdm(total=n_steps, desc=f"generating {minari_id(env, kind)}", unit="step",
+               mininterval=1.0)
+    progress = bar.update
+    if kind == "medium-replay":
+        episodes = _replay_episodes(family, snaps, n_steps, replay["start_steps"],
+                                    replay["expl_noise"], kind_seed, progress)
+    else:
+        episodes = _rollout_episodes(family, policy(kind), n_steps, recipe.rollout_noise,
+                                     kind_seed, recipe.n_envs, progress)
+    bar.close()
+    rets = [float(np.sum(e["rewards"])) for e in episodes]
+    description = (f"dawm_fast embedded {kind} dataset for {family.gym_id_v5}, D4RL recipe, made "
+                   f"by project code from committed TD3 behaviour policies "
+                   f"({meta.get('command', '')}). Not an official Minari/D4RL dataset.")
+    write_minari(minari_id(env, kind), episodes, family.gym_id_v5,
+                 ref_min_score=meta["random_return"], ref_max_score=meta["expert_return"],
+                 description=description, algorithm_name="TD3 (dawm_fast.behavior.online_td3)")
+    log(f"[data] generated {minari_id(env, kind)}: {sum(len(e['actions']) for e in episodes):,} "
+        f"steps, {len(episodes)} episodes, return {np.mean(rets):.1f} ± {np.std(rets):.1f}, "
+        f"{time.time() - t0:.0f} s")
+
+
+def load_embedded(family: EnvFamily, kind: str, log=print) -> OfflineDataset:
+    env = family.name
+    if not has_policies(env):
+        raise DatasetError(f"no embedded {env} datasets yet: the behaviour policies "
+                           f"{policy_files(env)[0].name} are not in this version of dawm_fast; "
+                           f"use source='minari' or source='d4rl' with a file")
+    parts = ["medium", "expert"] if kind == "medium-expert" else [kind]
+    loaded = []
+    for part in parts:
+        if not is_local(minari_id(env, part)):
+            log(f"[data] {minari_id(env, part)} not in the local Minari store yet: generating it "
+                f"from the committed {env} behaviour policies (first use only)")
+            generate(family, part, log=log)
+        src = f"embedded (dawm_fast, {family.gym_id_v5}, Minari id {minari_id(env, part)})"
+        loaded.append(read_minari(minari_id(env, part), f"{env}-{part}", src))
+    if len(loaded) == 1:
+        return loaded[0]
+    src = (f"embedded (dawm_fast, {family.gym_id_v5}, Minari ids "
+           f"{' + '.join(minari_id(env, p) for p in parts)})")
+    return concatenate(f"{env}-{kind}", loaded, src)

@@ -1,0 +1,264 @@
+"""Data layer: names, Minari and D4RL sources, embedded generation, windows, normalizers, scores."""
+import json
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from dawm_fast.data import (CDFNormalizer, DatasetError, GaussianNormalizer, MinMaxNormalizer,
+                            Normalizer, UnknownTaskError, discounted_returns_to_go, load_dataset,
+                            make_windows, normalized_score, parse_task)
+from dawm_fast.data import embedded
+from dawm_fast.data.dataset import OfflineDataset
+from dawm_fast.rl.networks import DeterministicActor, actor_to_numpy
+
+
+def random_episodes(rng, n_eps, obs_dim, act_dim, min_len=3, max_len=40, terminate_p=0.5):
+    eps = []
+    for _ in range(n_eps):
+        n = int(rng.integers(min_len, max_len))
+        term = bool(rng.random() < terminate_p)
+        eps.append({
+            "observations": rng.normal(size=(n + 1, obs_dim)).astype(np.float32),
+            "actions": rng.uniform(-1, 1, (n, act_dim)).astype(np.float32),
+            "rewards": rng.normal(size=n),
+            "terminations": np.array([False] * (n - 1) + [term]),
+            "truncations": np.array([False] * (n - 1) + [not term]),
+        })
+    return eps
+
+
+def test_unknown_name_lists_valid_names():
+    with pytest.raises(UnknownTaskError, match="walker2d-medium-expert"):
+        parse_task("walker3d-medium")
+    with pytest.raises(UnknownTaskError, match="valid names"):
+        load_dataset("hopper-random")
+
+
+def test_minari_dataset_written_with_minaris_api_loads(minari_store, rng):
+    import minari
+    from minari.data_collector import EpisodeBuffer
+
+    eps = random_episodes(rng, 6, 17, 6)
+    for kind in ("medium", "expert"):
+        bufs = [EpisodeBuffer(id=i, **{k: v for k, v in e.items()}) for i, e in enumerate(eps)]
+        minari.create_dataset_from_buffers(f"mujoco/walker2d/{kind}-v0", bufs, env="Walker2d-v5",
+                                           algorithm_name="test", ref_min_score=0.0,
+                                           ref_max_score=100.0, data_format="hdf5")
+    ds = load_dataset("walker2d-medium", source="minari")
+    n = sum(len(e["actions"]) for e in eps)
+    assert len(ds) == n and ds.source.startswith("minari")
+    np.testing.assert_array_equal(ds.observations[:len(eps[0]["actions"])],
+                                  eps[0]["observations"][:-1])
+    np.testing.assert_array_equal(ds.next_observations[:len(eps[0]["actions"])],
+                                  eps[0]["observations"][1:])
+    assert ds.terminals.sum() == sum(e["terminations"][-1] for e in eps)
+    assert ds.timeouts.sum() == sum(e["truncations"][-1] for e in eps)
+    assert ds.ref_min_score == 0.0 and ds.ref_max_score == 100.0
+    # auto prefers real Minari data when it is in the local store, and medium-expert combines
+    logs = []
+    me = load_dataset("walker2d-medium-expert", source="auto", log=logs.append)
+    assert len(me) == 2 * n and "minari" in me.source and "real Minari" in logs[0]
+    assert me.episode_ends.sum() == 2 * len(eps)
+    with pytest.raises(DatasetError, match="no medium-replay"):
+        load_dataset("walker2d-medium-replay", source="minari")
+
+
+def test_minari_missing_dataset_says_what_to_do(minari_store):
+    with pytest.raises(DatasetError, match="minari download mujoco/hopper/medium-v0"):
+        load_dataset("hopper-medium", source="minari")
+
+
+def write_d4rl(path, rng, n=300, obs_dim=11, act_dim=3, next_obs=True):
+    obs = rng.normal(size=(n, obs_dim)).astype(np.float32)
+    term = np.zeros(n, bool)
+    tout = np.zeros(n, bool)
+    term[[50, 170]] = True
+    tout[[120, 260]] = True
+    with h5py.File(path, "w") as f:
+        f["observations"] = obs
+        f["actions"] = rng.uniform(-1, 1, (n, act_dim)).astype(np.float32)
+        f["rewards"] = rng.normal(size=n).astype(np.float32)
+        f["terminals"] = term
+        f["timeouts"] = tout
+        if next_obs:
+            f["next_observations"] = np.roll(obs, -1, 0)
+    return obs, term, tout
+
+
+def test_d4rl_file_loads(tmp_path, rng):
+    path = tmp_path / "hopper_medium-v2.hdf5"
+    obs, term, tout = write_d4rl(path, rng)
+    ds = load_dataset("hopper-medium", source="d4rl", path=str(path))
+    assert len(ds) == 300 and ds.eval_env_id == "Hopper-v4"
+    np.testing.assert_array_equal(ds.observations, obs)
+    np.testing.assert_array_equal(ds.terminals, term)
+    # without next_observations: like d4rl.qlearning_dataset, timeout steps are dropped
+    path2 = tmp_path / "no_next.hdf5"
+    obs, term, tout = write_d4rl(path2, rng, next_obs=False)
+    ds = load_dataset("hopper-medium", source="d4rl", path=str(path2))
+    keep = ~tout
+    keep[-1] = False
+    assert len(ds) == keep.sum()
+    np.testing.assert_array_equal(ds.observations, obs[keep])
+    # every next observation is the following row of the same episode
+    rows = np.flatnonzero(keep)
+    np.testing.assert_array_equal(ds.next_observations, obs[rows + 1])
+    assert ds.timeouts[np.searchsorted(rows, 119)] and ds.timeouts[-1]
+
+
+def test_d4rl_bad_files(tmp_path, rng):
+    with pytest.raises(DatasetError, match="does not exist"):
+        load_dataset("hopper-medium", source="d4rl", path=str(tmp_path / "nope.hdf5"))
+    good = tmp_path / "good.hdf5"
+    write_d4rl(good, rng)
+    truncated = tmp_path / "truncated.hdf5"
+    truncated.write_bytes(good.read_bytes()[:2000])
+    with pytest.raises(DatasetError, match="truncated.hdf5"):
+        load_dataset("hopper-medium", source="d4rl", path=str(truncated))
+    missing = tmp_path / "missing.hdf5"
+    with h5py.File(missing, "w") as f:
+        f["observations"] = np.zeros((5, 11), np.float32)
+    with pytest.raises(DatasetError, match="lacks actions, rewards, terminals"):
+        load_dataset("hopper-medium", source="d4rl", path=str(missing))
+    with pytest.raises(DatasetError, match=r"expected \[N, 17\]"):
+        load_dataset("walker2d-medium", source="d4rl", path=str(good))
+    nan = tmp_path / "nan.hdf5"
+    write_d4rl(nan, rng)
+    with h5py.File(nan, "a") as f:
+        f["rewards"][3] = np.nan
+    with pytest.raises(DatasetError, match="NaN"):
+        load_dataset("hopper-medium", source="d4rl", path=str(nan))
+
+
+def brute_force_windows(ds, T, gamma, scale):
+    ends = ds.episode_ends
+    ep_id = np.concatenate([[0], np.cumsum(ends)[:-1]])
+    out = []
+    for t in range(len(ds)):
+        if t + T - 1 >= len(ds) or ep_id[t + T - 1] != ep_id[t]:
+            continue
+        g, k = 0.0, t
+        while True:
+            g += gamma ** (k - t) * ds.rewards[k]
+            if ends[k]:
+                break
+            k += 1
+        out.append((t, g / scale))
+    return out
+
+
+def test_windows_and_return_to_go_match_brute_force(rng):
+    eps = random_episodes(rng, 12, 5, 2, min_len=2, max_len=30)
+    from dawm_fast.data.dataset import from_episodes
+    ds = from_episodes("hopper-medium", eps, "test", "Hopper-v5")
+    T, gamma, scale = 8, 0.99, 400.0
+    w = make_windows(ds, T, gamma, scale)
+    expected = brute_force_windows(ds, T, gamma, scale)
+    assert [int(s) for s in w.start_index] == [t for t, _ in expected]
+    np.testing.assert_allclose(w.returns_to_go, [g for _, g in expected], rtol=1e-5, atol=1e-7)
+    for i, t in enumerate(w.start_index):
+        np.testing.assert_array_equal(w.states[i], ds.observations[t:t + T])
+        np.testing.assert_array_equal(w.rewards[i], ds.rewards[t:t + T])
+        np.testing.assert_array_equal(w.first_actions[i], ds.actions[t])
+        # a window never crosses an episode end (only its last step may be one)
+        assert not ds.episode_ends[t:t + T - 1].any()
+    assert w.terminals.shape == (len(w), T) and w.timeouts.shape == (len(w), T)
+    assert not (w.terminals & w.timeouts).any()
+
+
+def test_discounted_rtg_single_episode():
+    r = np.array([1.0, 2.0, 3.0])
+    g = discounted_returns_to_go(r, np.array([False, False, True]), 0.5)
+    np.testing.assert_allclose(g, [1 + 0.5 * 2 + 0.25 * 3, 2 + 0.5 * 3, 3])
+
+
+@pytest.mark.parametrize("cls", [CDFNormalizer, GaussianNormalizer, MinMaxNormalizer])
+def test_normalizers_round_trip_save_load(cls, tmp_path, rng):
+    x = np.concatenate([rng.normal(size=(2000, 3)) * [1, 10, 0.1],
+                        rng.exponential(size=(2000, 1)), np.full((2000, 1), 2.5)], 1)
+    x = x.astype(np.float32)
+    norm = cls(x)
+    y = norm.normalize(x)
+    if cls is not GaussianNormalizer:
+        assert y.min() >= -1 - 1e-5 and y.max() <= 1 + 1e-5
+    np.testing.assert_allclose(norm.unnormalize(y)[:, :4], x[:, :4], atol=2e-3, rtol=1e-3)
+    yt = norm.normalize(torch.from_numpy(x))
+    np.testing.assert_allclose(yt.numpy(), y, atol=1e-4)
+    np.testing.assert_allclose(norm.unnormalize(yt).numpy()[:, :4], x[:, :4], atol=2e-3,
+                               rtol=1e-3)
+    norm.save(tmp_path / "n.npz")
+    loaded = Normalizer.load(tmp_path / "n.npz")
+    assert type(loaded) is cls
+    np.testing.assert_array_equal(loaded.normalize(x), y)
+
+
+def test_cdf_normalizer_is_roughly_uniform(rng):
+    x = rng.standard_cauchy(size=(20000, 2)).astype(np.float32)
+    y = CDFNormalizer(x).normalize(x)
+    hist, _ = np.histogram(y[:, 0], bins=10, range=(-1, 1))
+    assert hist.min() > 0.8 * len(x) / 10
+
+
+def test_normalized_score_names_its_reference():
+    s, label = normalized_score("walker2d-medium", [4592.3, 1.629008])
+    np.testing.assert_allclose(s, [100.0, 0.0])
+    assert "D4RL" in label
+    s, label = normalized_score("hopper", [150.0], ref_min=100.0, ref_max=200.0)
+    np.testing.assert_allclose(s, [50.0])
+    assert "dataset" in label
+
+
+# -- embedded datasets -------------------------------------------------------------------------
+
+def fake_policies(policy_dir, env="hopper", obs_dim=11, act_dim=3):
+    """Random-weight policies in the committed layout (the real ones come from export)."""
+    torch.manual_seed(0)
+    arrays = {}
+    names = ["expert", "medium", "replay_000", "replay_001"]
+    for name in names:
+        for k, v in actor_to_numpy(DeterministicActor(obs_dim, act_dim, 32)).items():
+            arrays[f"{name}/{k}"] = v
+    policy_dir.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(policy_dir / f"{env}.npz", **arrays)
+    meta = {"random_return": -5.0, "expert_return": 300.0, "command": "test",
+            "replay": {"snapshot_steps": [0, 300], "steps": 600, "start_steps": 200,
+                       "expl_noise": 0.1}}
+    (policy_dir / f"{env}.json").write_text(json.dumps(meta))
+
+
+def test_embedded_generation_on_first_use(minari_store, tmp_path, monkeypatch):
+    monkeypatch.setattr(embedded, "POLICY_DIR", tmp_path / "policies")
+    monkeypatch.setattr(embedded, "RECIPE", embedded.EmbeddedRecipe(
+        expert_steps=500, medium_steps=400, n_envs=3))
+    fake_policies(tmp_path / "policies")
+    logs = []
+    ds = load_dataset("hopper-medium-expert", log=logs.append)
+    assert "embedded" in ds.source and "dawm_fast/hopper/medium-v0" in ds.source
+    assert any("using the embedded" in line for line in logs)
+    assert 900 <= len(ds) and ds.eval_env_id == "Hopper-v5"
+    assert ds.ref_min_score == -5.0 and ds.ref_max_score == 300.0
+    # hopper terminates: health-based terminations are in the data
+    assert ds.terminals.any()
+    assert (minari_store / "dawm_fast/hopper/expert-v0/data/main_data.hdf5").exists()
+    assert not list(minari_store.glob(".dawm_tmp_*"))
+    # second load reads the store, regenerates nothing, and gives the same data
+    logs.clear()
+    again = load_dataset("hopper-medium-expert", source="embedded", log=logs.append)
+    assert not any("generating" in line for line in logs)
+    np.testing.assert_array_equal(again.observations, ds.observations)
+    replay = load_dataset("hopper-medium-replay", source="embedded", log=logs.append)
+    assert len(replay) == 600 and replay.timeouts[-1]
+
+
+def test_embedded_without_policies_says_so(minari_store, tmp_path, monkeypatch):
+    monkeypatch.setattr(embedded, "POLICY_DIR", tmp_path / "none")
+    with pytest.raises(DatasetError, match="source='minari'"):
+        load_dataset("halfcheetah-medium", source="embedded")
+
+
+def test_dataset_rejects_mismatched_lengths():
+    with pytest.raises(DatasetError, match="'actions' has 2 rows"):
+        OfflineDataset("x", np.zeros((3, 2)), np.zeros((2, 1)), np.zeros(3), np.zeros((3, 2)),
+                       np.zeros(3, bool), np.zeros(3, bool), "test", "Hopper-v5")
