@@ -18,6 +18,8 @@ Datasets are written to the local Minari store under the namespace ``dawm_fast/`
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,8 +39,8 @@ DATASET_VERSION = "v0"
 @dataclass(frozen=True)
 class EmbeddedRecipe:
     """Sizes and noise of the generated datasets (changing them means a new DATASET_VERSION)."""
-    expert_steps: int = 200_000      # D4RL: 1M; smaller keeps first-use generation under minutes
-    medium_steps: int = 200_000
+    expert_steps: int = 100_000      # D4RL: 1M; smaller keeps first-use generation to ~2 minutes
+    medium_steps: int = 100_000
     rollout_noise: float = 0.1       # Gaussian action noise of medium/expert rollouts
     n_envs: int = 8                  # envs stepped in lockstep (one batched policy call per step)
     replay_steps: int | None = None  # cap on medium-replay (None: up to the medium policy, as D4RL)
@@ -51,16 +53,13 @@ def minari_id(env: str, kind: str) -> str:
     return f"{NAMESPACE}/{env}/{kind}-{DATASET_VERSION}"
 
 
-def policy_files(env: str) -> tuple[Path, Path]:
-    return POLICY_DIR / f"{env}.npz", POLICY_DIR / f"{env}.json"
+def policy_files(env: str, policy_dir: Path | None = None) -> tuple[Path, Path]:
+    d = policy_dir or POLICY_DIR
+    return d / f"{env}.npz", d / f"{env}.json"
 
 
 def has_policies(env: str) -> bool:
     return all(p.exists() for p in policy_files(env))
-
-
-def load_meta(env: str) -> dict:
-    return json.loads(policy_files(env)[1].read_text())
 
 
 def _rollout_episodes(family: EnvFamily, policy, n_steps: int, noise: float, seed: int,
@@ -140,15 +139,15 @@ def _replay_episodes(family: EnvFamily, snapshots: list[tuple[int, NumpyPolicy]]
 
 
 def generate(family: EnvFamily, kind: str, recipe: EmbeddedRecipe | None = None, seed: int = 0,
-             log=print) -> None:
+             log=print, policy_dir: Path | None = None) -> None:
     """Generate one embedded dataset (medium, medium-replay or expert) into the Minari store."""
     from tqdm import tqdm
 
     recipe = recipe or RECIPE
 
     env = family.name
-    npz_path, _ = policy_files(env)
-    meta = load_meta(env)
+    npz_path, meta_path = policy_files(env, policy_dir)
+    meta = json.loads(meta_path.read_text())
     weights = np.load(npz_path)
 
     def policy(prefix: str) -> NumpyPolicy:
@@ -192,12 +191,21 @@ def load_embedded(family: EnvFamily, kind: str, log=print) -> OfflineDataset:
                            f"{policy_files(env)[0].name} are not in this version of dawm_fast; "
                            f"use source='minari' or source='d4rl' with a file")
     parts = ["medium", "expert"] if kind == "medium-expert" else [kind]
+    missing = [p for p in parts if not is_local(minari_id(env, p))]
+    for part in missing:
+        log(f"[data] {minari_id(env, part)} not in the local Minari store yet: generating it "
+            f"from the committed {env} behaviour policies (first use only)")
+    if len(missing) > 1 and (os.cpu_count() or 1) > 1:
+        # medium and expert are independent: one process each (MuJoCo stepping is the cost)
+        from concurrent.futures import ProcessPoolExecutor
+        with ProcessPoolExecutor(len(missing), mp_context=mp.get_context("spawn")) as pool:
+            for f in [pool.submit(generate, family, p, RECIPE, 0, print, POLICY_DIR) for p in missing]:
+                f.result()
+    else:
+        for part in missing:
+            generate(family, part, log=log)
     loaded = []
     for part in parts:
-        if not is_local(minari_id(env, part)):
-            log(f"[data] {minari_id(env, part)} not in the local Minari store yet: generating it "
-                f"from the committed {env} behaviour policies (first use only)")
-            generate(family, part, log=log)
         src = f"embedded (dawm_fast, {family.gym_id_v5}, Minari id {minari_id(env, part)})"
         loaded.append(read_minari(minari_id(env, part), f"{env}-{part}", src))
     if len(loaded) == 1:
