@@ -114,3 +114,24 @@ def concatenate(name: str, parts: list[OfflineDataset], source: str) -> OfflineD
                           parts[0].eval_env_id,
                           ref_min_score=min(refs[0]) if None not in refs[0] else None,
                           ref_max_score=max(refs[1]) if None not in refs[1] else None)
+
+
+def subset_episodes(ds: OfflineDataset, max_transitions: int, seed: int) -> OfflineDataset:
+    """Whole episodes drawn in a seeded random order until `max_transitions` is reached (so a
+    medium-expert subset keeps both halves), kept in their original order."""
+    if len(ds) <= max_transitions:
+        return ds
+    ends = np.flatnonzero(ds.episode_ends)
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    order = np.random.default_rng(seed).permutation(len(ends))
+    lengths = (ends - starts + 1)[order]
+    n_keep = max(1, int(np.searchsorted(np.cumsum(lengths), max_transitions, side="right")))
+    chosen = np.sort(order[:n_keep])
+    rows = np.concatenate([np.arange(starts[i], ends[i] + 1) for i in chosen])
+    pick = lambda key: getattr(ds, key)[rows]
+    # an episode that ended at the data's last row carries no flag there: mark it a timeout
+    timeouts = pick("timeouts") | (ds.episode_ends[rows] & ~pick("terminals"))
+    return OfflineDataset(ds.name, pick("observations"), pick("actions"), pick("rewards"),
+                          pick("next_observations"), pick("terminals"), timeouts,
+                          f"{ds.source}, {len(chosen)} of {len(ends)} episodes", ds.eval_env_id,
+                          ds.ref_min_score, ds.ref_max_score, dict(ds.info))

@@ -195,10 +195,12 @@ def load_embedded(family: EnvFamily, kind: str, log=print) -> OfflineDataset:
     for part in missing:
         log(f"[data] {minari_id(env, part)} not in the local Minari store yet: generating it "
             f"from the committed {env} behaviour policies (first use only)")
-    if len(missing) > 1 and (os.cpu_count() or 1) > 1:
-        # medium and expert are independent: one process each (MuJoCo stepping is the cost)
+    if len(missing) > 1 and (os.cpu_count() or 1) > 1 and "fork" in mp.get_all_start_methods():
+        # medium and expert are independent: one process each (MuJoCo stepping is the cost).
+        # fork, not spawn: spawn re-imports the caller's main module, which breaks scripts
+        # without a __main__ guard; the children only run numpy and MuJoCo.
         from concurrent.futures import ProcessPoolExecutor
-        with ProcessPoolExecutor(len(missing), mp_context=mp.get_context("spawn")) as pool:
+        with ProcessPoolExecutor(len(missing), mp_context=mp.get_context("fork")) as pool:
             for f in [pool.submit(generate, family, p, RECIPE, 0, print, POLICY_DIR) for p in missing]:
                 f.result()
     else:

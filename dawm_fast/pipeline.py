@@ -1,0 +1,374 @@
+"""The DAWM pipeline, stage by stage: data -> IDM -> world model -> generation -> RL -> evaluation.
+
+Each stage writes its product into the run directory; `progress.json` records the finished ones, so
+re-running with the same directory resumes at the first unfinished stage, and the long stages
+(world model, RL) resume mid-stage from their last atomic checkpoint.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dawm_fast.config import PipelineConfig
+from dawm_fast.data import (CDFNormalizer, MinMaxNormalizer, Normalizer, OfflineDataset,
+                            load_dataset, make_windows, normalized_score)
+from dawm_fast.data.dataset import subset_episodes
+from dawm_fast.data.tasks import parse_task
+from dawm_fast.evaluation import evaluate_policy
+from dawm_fast.rl.buffer import MixedSampler, Transitions, compute_obs_stats, iql_reward_scale
+from dawm_fast.rl.iql import IQL
+from dawm_fast.rl.td3bc import TD3BC
+from dawm_fast.run_io import (MetricsLog, Progress, RunError, atomic_torch_save, load_checkpoint,
+                              write_json)
+from dawm_fast.sampling import generate_transitions
+from dawm_fast.world_model import (DiffusionWorldModel, InverseDynamics, WorldModelTrainer,
+                                   WorldModelTrainerConfig, train_inverse_dynamics)
+
+STAGES = ("data", "idm", "world_model", "generation", "rl", "evaluation")
+
+
+class Pipeline:
+    def __init__(self, cfg: PipelineConfig, out: Path):
+        self.cfg = cfg
+        self.out = out
+        self.device = torch.device(cfg.device)
+        self.family, self.kind = parse_task(cfg.env)
+        self.progress_path = out / "progress.json"
+        self.state = {"identity": cfg.identity(), "done": {}}
+
+    # -- bookkeeping -----------------------------------------------------------------------------
+    def _load_progress(self) -> None:
+        import json
+        if self.progress_path.exists():
+            try:
+                self.state = json.loads(self.progress_path.read_text())
+            except ValueError:
+                raise RunError(f"{self.progress_path} is corrupt; delete the run directory "
+                               f"{self.out} or choose another --out") from None
+
+    def _finish(self, stage: str, wall_s: float, **info) -> None:
+        self.state["done"][stage] = {"wall_s": round(wall_s, 2), **info}
+        write_json(self.progress_path, self.state)
+
+    def done(self, stage: str) -> bool:
+        return stage in self.state["done"]
+
+    # -- the run ---------------------------------------------------------------------------------
+    def run(self) -> dict:
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._load_progress()
+        write_json(self.out / "config.json", cfg.to_dict())
+        self.metrics = MetricsLog(self.out / "metrics.csv")
+        torch.manual_seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        for stage in STAGES:
+            if self.done(stage) and stage != "data":
+                print(f"[{stage}] finished earlier ({self.state['done'][stage]['wall_s']:.0f} s); "
+                      f"skipping", flush=True)
+                continue
+            t0 = time.time()
+            if cfg.synthetic_ratio == 0 and stage in ("idm", "world_model", "generation"):
+                # the plain baseline: no world model at all, the RL code path unchanged
+                self._finish(stage, 0.0, skipped="synthetic_ratio 0")
+                continue
+            info = getattr(self, f"stage_{stage}")() or {}
+            if not self.done(stage):
+                self._finish(stage, time.time() - t0 + self._resumed_wall(stage), **info)
+        return self.results()
+
+    def _resumed_wall(self, stage: str) -> float:
+        """Wall time a stage had already spent before an interruption (kept in its checkpoint)."""
+        return getattr(self, "_wall_before", {}).get(stage, 0.0)
+
+    # -- stage: data -----------------------------------------------------------------------------
+    def stage_data(self) -> dict:
+        cfg = self.cfg
+        t0 = time.time()
+        ds = load_dataset(cfg.env, source=cfg.data_source, path=cfg.data_path)
+        if cfg.max_transitions is not None:
+            ds = subset_episodes(ds, cfg.max_transitions, cfg.seed)
+        self.dataset: OfflineDataset = ds
+        print(f"[data] {ds.summary()}", flush=True)
+        print(f"[data] evaluation env: {ds.eval_env_id}", flush=True)
+        norm_dir = self.out / "normalizers"
+        norm_dir.mkdir(exist_ok=True)
+        paths = norm_dir / "states.npz", norm_dir / "rewards.npz"
+        if all(p.exists() for p in paths):
+            self.state_norm, self.reward_norm = (Normalizer.load(p) for p in paths)
+        else:
+            self.state_norm = CDFNormalizer(np.concatenate([ds.observations,
+                                                            ds.next_observations]))
+            self.reward_norm = MinMaxNormalizer(ds.rewards[:, None])
+            for norm, p in zip((self.state_norm, self.reward_norm), paths):
+                norm.save(p)
+        # Windows as the world model's training tensors (normalized).
+        w = make_windows(ds, cfg.world_model.horizon, cfg.gamma, self.family.rtg_scale)
+        if len(w) == 0:
+            raise RunError(f"{cfg.env}: no episode is at least {cfg.world_model.horizon} steps "
+                           f"long; the dataset cannot train a horizon-"
+                           f"{cfg.world_model.horizon} world model")
+        m, t_len = w.states.shape[:2]
+        o, a = ds.obs_dim, ds.act_dim
+        x0 = np.zeros((m, t_len, o + a + 1), np.float32)                      # [M, T, C]
+        x0[:, :, :o] = self.state_norm.normalize(w.states)
+        x0[:, 0, o:o + a] = w.first_actions
+        x0[:, :, -1] = self.reward_norm.normalize(w.rewards[..., None])[..., 0]
+        self.windows = {"x0": torch.from_numpy(x0).to(self.device),
+                        "returns": torch.from_numpy(w.returns_to_go).to(self.device),
+                        "actions": torch.from_numpy(w.first_actions).to(self.device)}
+        self.real_rtg = w.returns_to_go
+        return {"transitions": len(ds), "windows": m, "source": ds.source,
+                "load_s": round(time.time() - t0, 2)}
+
+    # -- stage: inverse dynamics -----------------------------------------------------------------
+    def stage_idm(self) -> dict:
+        ds, cfg = self.dataset, self.cfg
+        print(f"[idm] training the inverse dynamics model ({cfg.idm.n_steps:,} steps)", flush=True)
+        idm_cfg = dataclasses.replace(cfg.idm, seed=cfg.seed)
+        idm, report = train_inverse_dynamics(self.state_norm.normalize(ds.observations),
+                                             self.state_norm.normalize(ds.next_observations),
+                                             ds.actions, idm_cfg, device=self.device)
+        atomic_torch_save({"model": idm.state_dict(), "report": dataclasses.asdict(report)},
+                          self.out / "idm.pt")
+        self.metrics.log("idm", idm_cfg.n_steps, heldout_action_mse=report.heldout_mse,
+                         train_action_mse=report.train_mse)
+        print(f"[idm] held-out action MSE {report.heldout_mse:.4f} (action variance "
+              f"{report.heldout_action_var:.4f})", flush=True)
+        return {"heldout_action_mse": report.heldout_mse,
+                "heldout_action_var": report.heldout_action_var}
+
+    def load_idm(self) -> InverseDynamics:
+        ck = load_checkpoint(self.out / "idm.pt", "idm")
+        idm = InverseDynamics(self.dataset.obs_dim, self.dataset.act_dim, self.cfg.idm)
+        idm.load_state_dict(ck["model"])
+        return idm.to(self.device).eval()
+
+    # -- stage: world model ----------------------------------------------------------------------
+    def new_world_model(self) -> DiffusionWorldModel:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.cfg.seed + 1)
+            model = DiffusionWorldModel(self.dataset.obs_dim, self.dataset.act_dim,
+                                        self.cfg.world_model)
+        return model.to(self.device)
+
+    def stage_world_model(self) -> dict:
+        cfg = self.cfg
+        model = self.new_world_model()
+        trainer = WorldModelTrainer(model, WorldModelTrainerConfig(
+            lr=cfg.wm_lr, seed=cfg.seed + 2, ema=cfg.wm_ema))
+        batch_gen = torch.Generator(device=self.device).manual_seed(cfg.seed + 3)
+        ckpt_path = self.out / "world_model_ckpt.pt"
+        wall_before = 0.0
+        if ckpt_path.exists():
+            ck = load_checkpoint(ckpt_path, "world_model")
+            trainer.load_state_dict(ck["trainer"])
+            batch_gen.set_state(ck["batch_generator"])
+            wall_before = ck.get("wall_s", 0.0)
+            self.metrics.truncate_after("world_model", trainer.step)
+            print(f"[world_model] resumed at step {trainer.step:,}", flush=True)
+        n_params = sum(p.numel() for p in model.parameters())
+        print(f"[world_model] temporal U-Net {n_params / 1e6:.2f}M parameters, "
+              f"{cfg.wm_steps:,} steps at batch {cfg.wm_batch_size}", flush=True)
+        x0, ret, act = self.windows["x0"], self.windows["returns"], self.windows["actions"]
+        prog = Progress("world_model", cfg.wm_steps, trainer.step, cfg.progress_every_s)
+        t0, losses = time.time(), []
+        while trainer.step < cfg.wm_steps:
+            idx = torch.randint(len(x0), (cfg.wm_batch_size,), generator=batch_gen,
+                                device=self.device)
+            out = trainer.train_step((x0[idx], ret[idx], act[idx]))
+            losses.append(out["loss"])
+            if not np.isfinite(out["loss"]):
+                raise RunError(f"world-model loss became {out['loss']} at step {trainer.step}; "
+                               f"lower --wm-lr or check the dataset for extreme values")
+            step = trainer.step
+            if step % 100 == 0 or step == cfg.wm_steps:
+                self.metrics.log("world_model", step, loss=float(np.mean(losses)))
+                losses = []
+            prog.update(step, loss=out["loss"])
+            if step % cfg.wm_checkpoint_every == 0 or step == cfg.wm_steps:
+                atomic_torch_save({"trainer": trainer.state_dict(),
+                                   "batch_generator": batch_gen.get_state(),
+                                   "wall_s": wall_before + time.time() - t0}, ckpt_path)
+        atomic_torch_save({"ema_model": trainer.ema.model.state_dict()},
+                          self.out / "world_model.pt")
+        self._wall_before = {"world_model": wall_before}
+        return {"steps": trainer.step, "parameters": n_params}
+
+    def load_world_model(self) -> DiffusionWorldModel:
+        ck = load_checkpoint(self.out / "world_model.pt", "world_model")
+        model = self.new_world_model()
+        model.load_state_dict(ck["ema_model"])
+        return model.eval()
+
+    # -- stage: generation -----------------------------------------------------------------------
+    def stage_generation(self) -> dict:
+        cfg, ds = self.cfg, self.dataset
+        model, idm = self.load_world_model(), self.load_idm()
+        gen = torch.Generator(device=self.device).manual_seed(cfg.seed + 4)
+        rng = np.random.default_rng(cfg.seed + 4)
+        n = cfg.n_synthetic_starts
+        rows = rng.choice(len(ds), n, replace=n > len(ds))
+        s0 = torch.as_tensor(self.state_norm.normalize(ds.observations[rows]), device=self.device)
+        a0 = torch.as_tensor(ds.actions[rows], device=self.device)
+        g = torch.full((n,), cfg.resolved_target_return(), device=self.device)
+        print(f"[generation] {n:,} starts, target return {cfg.resolved_target_return():.2f}, "
+              f"guidance w {cfg.sampling.guidance_weight}, {cfg.sampling.n_sampling_steps} DDIM "
+              f"steps, backend {cfg.backend}", flush=True)
+        t0 = time.time()
+        syn = generate_transitions(
+            model, idm, s0, a0, g, self.family, self.state_norm.unnormalize,
+            lambda r: self.reward_norm.unnormalize(r[:, None])[:, 0], cfg.sampling, gen,
+            backend=cfg.backend)
+        dt = time.time() - t0
+        consistency = syn.pop("action_consistency")
+        n_syn = len(syn["rewards"])
+        tmp = self.out / "synthetic.tmp.npz"
+        np.savez(tmp, **syn)
+        os.replace(tmp, self.out / "synthetic.npz")
+        rate = n_syn / dt
+        self.metrics.log("generation", n_syn, transitions_per_s=rate,
+                         action_consistency_mse=consistency,
+                         terminal_fraction=float(syn["terminals"].mean()) if n_syn else 0.0)
+        print(f"[generation] {n_syn:,} synthetic transitions in {dt:.1f} s ({rate:,.0f}/s); "
+              f"action consistency MSE {consistency:.4f}", flush=True)
+        return {"synthetic_transitions": n_syn, "action_consistency_mse": consistency,
+                "transitions_per_s": rate}
+
+    # -- stage: offline RL -----------------------------------------------------------------------
+    def _rl_setup(self):
+        cfg, ds = self.cfg, self.dataset
+        real = Transitions.from_numpy(ds.observations, ds.actions, ds.rewards,
+                                      ds.next_observations, ds.terminals.astype(np.float32))
+        syn = None
+        if cfg.synthetic_ratio > 0:
+            with np.load(self.out / "synthetic.npz") as z:
+                syn = Transitions.from_numpy(z["observations"], z["actions"], z["rewards"],
+                                             z["next_observations"], z["terminals"])
+        mean, std = compute_obs_stats(ds.observations)
+        if cfg.algo == "td3bc":
+            agent = TD3BC(ds.obs_dim, ds.act_dim, dataclasses.replace(cfg.td3bc, seed=cfg.seed),
+                          self.device, mean, std)
+            batch_size = cfg.td3bc.batch_size
+        else:
+            agent = IQL(ds.obs_dim, ds.act_dim, dataclasses.replace(
+                cfg.iql, seed=cfg.seed, max_steps=cfg.rl_steps), self.device, mean, std)
+            batch_size = cfg.iql.batch_size
+        parts = []
+        for t in (real, syn):
+            if t is None:
+                parts.append(None)
+                continue
+            t = t.normalized(mean, std)
+            if cfg.algo == "iql" and cfg.iql.normalize_reward:
+                t = t.scaled_rewards(self.iql_scale)
+            parts.append(t.to(self.device))
+        sampler = MixedSampler(parts[0], parts[1], cfg.synthetic_ratio, batch_size,
+                               torch.Generator(device=self.device).manual_seed(cfg.seed + 5))
+        return agent, sampler
+
+    @property
+    def iql_scale(self) -> float:
+        return iql_reward_scale(self.dataset.rewards, self.dataset.episode_ends)
+
+    def evaluate(self, agent, episodes: int, seed: int) -> dict:
+        ds = self.dataset
+        res = evaluate_policy(agent.act, ds.eval_env_id, episodes, seed)
+        scores, label = normalized_score(self.family.name, res.returns)
+        out = {"return_mean": float(res.returns.mean()), "return_std": float(res.returns.std()),
+               "score_mean": float(scores.mean()), "score_std": float(scores.std()),
+               "reference": label, "returns": res.returns.tolist()}
+        if ds.ref_min_score is not None and ds.ref_max_score is not None:
+            s2, label2 = normalized_score(self.family.name, res.returns, ds.ref_min_score,
+                                          ds.ref_max_score)
+            out.update(dataset_score_mean=float(s2.mean()), dataset_score_std=float(s2.std()),
+                       dataset_reference=label2)
+        return out
+
+    def stage_rl(self) -> dict:
+        cfg = self.cfg
+        agent, sampler = self._rl_setup()
+        ckpt_path = self.out / "rl_ckpt.pt"
+        step, wall_before = 0, 0.0
+        if ckpt_path.exists():
+            ck = load_checkpoint(ckpt_path, "rl")
+            agent.load_state_dict(ck["agent"])
+            sampler.load_state_dict(ck["sampler"])
+            step, wall_before = ck["step"], ck.get("wall_s", 0.0)
+            self.metrics.truncate_after("rl", step)
+            print(f"[rl] resumed at update {step:,}", flush=True)
+        print(f"[rl] {cfg.algo} for {cfg.rl_steps:,} updates, batch {sampler.batch_size} "
+              f"({sampler.n_synthetic} synthetic + {sampler.n_real} real)", flush=True)
+        prog = Progress("rl", cfg.rl_steps, step, cfg.progress_every_s, unit="updates")
+        t0, last_score = time.time(), float("nan")
+        acc: dict[str, list] = {}
+        while step < cfg.rl_steps:
+            log = agent.update(sampler.sample())
+            step += 1
+            for k, v in log.items():
+                acc.setdefault(k, []).append(v)
+            if step % 1000 == 0 or step == cfg.rl_steps:
+                self.metrics.log("rl", step, **{k: float(torch.stack(v).mean())
+                                                for k, v in acc.items()})
+                acc = {}
+            if step % cfg.eval_every == 0 or step == cfg.rl_steps:
+                ev = self.evaluate(agent, cfg.eval_episodes, seed=cfg.seed * 1000 + step)
+                last_score = ev["score_mean"]
+                self.metrics.log("rl", step, eval_score=ev["score_mean"],
+                                 eval_return=ev["return_mean"])
+                print(f"[rl] update {step:,}: normalized score {ev['score_mean']:.1f} ± "
+                      f"{ev['score_std']:.1f} (return {ev['return_mean']:.0f})", flush=True)
+            prog.update(step, score=last_score)
+            if step % cfg.rl_checkpoint_every == 0 or step == cfg.rl_steps:
+                atomic_torch_save({"agent": agent.state_dict(), "sampler": sampler.state_dict(),
+                                   "step": step, "wall_s": wall_before + time.time() - t0},
+                                  ckpt_path)
+        atomic_torch_save({"agent": agent.state_dict()}, self.out / "agent.pt")
+        self._wall_before = {"rl": wall_before}
+        return {"updates": step}
+
+    # -- stage: evaluation -----------------------------------------------------------------------
+    def stage_evaluation(self) -> dict:
+        cfg = self.cfg
+        agent, _ = self._rl_setup()
+        agent.load_state_dict(load_checkpoint(self.out / "agent.pt", "rl")["agent"])
+        ev = self.evaluate(agent, cfg.final_eval_episodes, seed=10_000_019 + cfg.seed)
+        print(f"[evaluation] {cfg.final_eval_episodes} episodes on {self.dataset.eval_env_id}: "
+              f"normalized score {ev['score_mean']:.1f} ± {ev['score_std']:.1f} "
+              f"(return {ev['return_mean']:.0f} ± {ev['return_std']:.0f}; {ev['reference']})",
+              flush=True)
+        self.metrics.log("evaluation", 0, score=ev["score_mean"], return_mean=ev["return_mean"])
+        return ev
+
+    # -- results ---------------------------------------------------------------------------------
+    def results(self) -> dict:
+        cfg, done = self.cfg, self.state["done"]
+        ev = done["evaluation"]
+        res = {
+            "env": cfg.env, "algo": cfg.algo, "seed": cfg.seed, "preset": cfg.preset,
+            "backend": cfg.backend, "device": str(self.device),
+            "dataset_source": self.dataset.source, "dataset_transitions": len(self.dataset),
+            "eval_env": self.dataset.eval_env_id,
+            "synthetic_ratio": cfg.synthetic_ratio,
+            "final_score_mean": ev["score_mean"], "final_score_std": ev["score_std"],
+            "final_return_mean": ev["return_mean"], "final_return_std": ev["return_std"],
+            "final_eval_episodes": cfg.final_eval_episodes,
+            "score_reference": ev["reference"],
+            "action_consistency_mse": done["generation"].get("action_consistency_mse"),
+            "idm_heldout_action_mse": done["idm"].get("heldout_action_mse"),
+            "synthetic_transitions": done["generation"].get("synthetic_transitions", 0),
+            "generation_transitions_per_s": done["generation"].get("transitions_per_s"),
+            "wall_time_s": {s: done[s]["wall_s"] for s in STAGES if s in done},
+        }
+        for k in ("dataset_score_mean", "dataset_score_std", "dataset_reference"):
+            if k in ev:
+                res[k] = ev[k]
+        write_json(self.out / "results.json", res)
+        from dawm_fast.plots import write_plots
+        write_plots(self.out, self.metrics.read(), self.dataset, self.cfg.synthetic_ratio)
+        return res

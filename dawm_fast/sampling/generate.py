@@ -1,0 +1,192 @@
+"""The one sampling entry point: guided DDIM windows -> synthetic transitions for offline RL.
+
+Backend dispatch lives only here (``_BACKENDS``). The "reference" backend is the plain PyTorch
+loop below; a later fast backend (fused kernels / CUDA-graph sampler) registers itself with
+``register_backend`` and must reproduce the reference numerically, drawing the same random numbers
+from the caller's generator in the same order:
+
+  1. initial noise: ONE ``torch.randn((B, T, C), generator=g)`` call, times ``temperature``;
+  2. only if eta > 0: for every step index i = 0..N-1 (the last one included, although its sigma
+     is 0), ONE ``torch.randn((B, T, C), generator=g)`` call, times ``temperature``.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from dawm_fast.data.tasks import EnvFamily
+from dawm_fast.world_model.diffusion import DiffusionWorldModel
+from dawm_fast.world_model.idm import InverseDynamics
+from dawm_fast.world_model.scheduler import DDIMScheduler
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    n_sampling_steps: int = 3           # N DDIM steps out of the K training levels
+    guidance_weight: float = 1.2        # w: eps = w * eps(g) + (1 - w) * eps(no g)
+    temperature: float = 0.5            # scales the initial noise and any eta noise
+    eta: float = 0.0                    # DDIM eta; 0 = deterministic given the initial noise
+    batch_size: int = 4096              # windows per sample_windows call in generate_transitions
+
+
+SamplingBackend = Callable[
+    [DiffusionWorldModel, torch.Tensor, torch.Tensor, torch.Tensor, SamplingConfig,
+     torch.Generator], torch.Tensor]
+
+
+def _sample_reference(model: DiffusionWorldModel, s0: torch.Tensor, a0: torch.Tensor,
+                      returns: torch.Tensor, cfg: SamplingConfig,
+                      generator: torch.Generator) -> torch.Tensor:
+    """Plain PyTorch guided DDIM loop; both guidance branches share one 2B forward per step."""
+    b = s0.shape[0]
+    shape = (b, model.horizon, model.transition_dim)
+    scheduler = DDIMScheduler(model.schedule_config, eta=cfg.eta)   # private: set_timesteps mutates
+    timesteps = scheduler.set_timesteps(cfg.n_sampling_steps)
+
+    x = cfg.temperature * torch.randn(shape, generator=generator, device=s0.device,
+                                      dtype=s0.dtype)                      # [B, T, C]
+    x = model.conditioning(x, s0, a0)
+    # Rows [0, B) use g, rows [B, 2B) drop it; the action embedding is kept in both.
+    returns2 = torch.cat([returns, returns])                               # [2B]
+    actions2 = torch.cat([a0, a0])                                         # [2B, act_dim]
+    mask2 = torch.cat([torch.ones(b, device=s0.device, dtype=s0.dtype),
+                       torch.zeros(b, device=s0.device, dtype=s0.dtype)])  # [2B]
+    w = cfg.guidance_weight
+    for i, t in enumerate(timesteps):
+        t2 = torch.full((2 * b,), t, device=s0.device, dtype=torch.long)   # [2B]
+        eps_cond, eps_uncond = model.unet(torch.cat([x, x]), t2, returns2, actions2,
+                                          mask2).chunk(2)                  # [B, T, C] each
+        eps = w * eps_cond + (1.0 - w) * eps_uncond
+        noise = None
+        if cfg.eta > 0:
+            noise = cfg.temperature * torch.randn(shape, generator=generator, device=s0.device,
+                                                  dtype=s0.dtype)          # [B, T, C]
+        x = scheduler.step(eps, i, x, noise).prev_sample
+        x = model.conditioning(x, s0, a0)
+    return x
+
+
+_BACKENDS: dict[str, SamplingBackend] = {"reference": _sample_reference}
+
+
+def register_backend(name: str, fn: SamplingBackend, *, replace: bool = False) -> None:
+    """Make ``fn`` selectable as ``backend=name`` (the fast path calls this on import)."""
+    if name in _BACKENDS and not replace:
+        raise ValueError(f"sampling backend {name!r} is already registered")
+    _BACKENDS[name] = fn
+
+
+def available_backends() -> tuple[str, ...]:
+    return tuple(_BACKENDS)
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def sample_windows(model: DiffusionWorldModel, s0: torch.Tensor, a0: torch.Tensor,
+                   returns: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator,
+                   backend: str = "reference") -> torch.Tensor:
+    """Guided DDIM sample of windows x [B, T, C] given normalized s0 [B, obs_dim],
+    a0 [B, act_dim] and returns [B]. Step 0 of the output holds (s0, a0); future actions are 0.
+    """
+    if backend not in _BACKENDS:
+        raise ValueError(f"unknown sampling backend {backend!r}; valid backends: "
+                         f"{', '.join(_BACKENDS)}")
+    dev = _model_device(model)
+    if generator.device.type != dev.type:
+        raise ValueError(f"generator is on {generator.device}, model on {dev}")
+    s0 = torch.as_tensor(s0, dtype=torch.float32, device=dev)
+    a0 = torch.as_tensor(a0, dtype=torch.float32, device=dev)
+    returns = torch.as_tensor(returns, dtype=torch.float32, device=dev).reshape(-1)
+    b = s0.shape[0]
+    if s0.shape != (b, model.obs_dim) or a0.shape != (b, model.act_dim) or returns.shape != (b,):
+        raise ValueError(f"expected s0 [B, {model.obs_dim}], a0 [B, {model.act_dim}], returns [B];"
+                         f" got {tuple(s0.shape)}, {tuple(a0.shape)}, {tuple(returns.shape)}")
+    with torch.no_grad():
+        return _BACKENDS[backend](model, s0, a0, returns, cfg, generator)
+
+
+def healthy(family: EnvFamily, states: torch.Tensor) -> torch.Tensor:
+    """Gymnasium v5 health check on raw observations [N, obs_dim] -> bool [N].
+
+    Observations exclude the x position, so state[0] is the torso height z and state[1] its
+    angle; hopper's state bound covers state[1:] (= state_vector()[2:]). Bounds are strict.
+    """
+    ok = torch.ones(states.shape[0], dtype=torch.bool, device=states.device)
+    if family.healthy_z is not None:
+        lo, hi = family.healthy_z
+        ok &= (states[:, 0] > lo) & (states[:, 0] < hi)
+    if family.healthy_angle is not None:
+        lo, hi = family.healthy_angle
+        ok &= (states[:, 1] > lo) & (states[:, 1] < hi)
+    if family.healthy_state is not None:
+        lo, hi = family.healthy_state
+        rest = states[:, 1:]
+        ok &= ((rest > lo) & (rest < hi)).all(dim=-1)
+    return ok
+
+
+def generate_transitions(model: DiffusionWorldModel, idm: InverseDynamics,
+                         s0: torch.Tensor, a0: torch.Tensor, returns: torch.Tensor,
+                         family: EnvFamily,
+                         unnormalize_states: Callable[[torch.Tensor], torch.Tensor],
+                         unnormalize_rewards: Callable[[torch.Tensor], torch.Tensor],
+                         cfg: SamplingConfig, generator: torch.Generator,
+                         backend: str = "reference") -> dict:
+    """Synthetic transitions from guided windows, chunked by ``cfg.batch_size``.
+
+    s0 [N, obs_dim], a0 [N, act_dim], returns [N] are normalized. ``unnormalize_states`` maps a
+    torch tensor [M, obs_dim] and ``unnormalize_rewards`` a torch tensor [M] to raw values (torch
+    tensors; numpy arrays are accepted back). Each window yields transitions for steps
+    i = 0..T-2: (s_i, a_i, r_i, s_{i+1}) with a_0 = the real conditioning a_t and a_i = IDM(s_i,
+    s_{i+1}) (normalized space) for i >= 1. A transition whose raw next state is unhealthy gets
+    terminal = 1 and ends its window. Returns float32 numpy arrays observations, actions,
+    rewards, next_observations, terminals (0/1), ordered window by window, and the float
+    ``action_consistency`` = per-element MSE between IDM(s_t, s_1) and a_t over all windows.
+    """
+    dev = _model_device(model)
+    s0 = torch.as_tensor(s0, dtype=torch.float32, device=dev)
+    a0 = torch.as_tensor(a0, dtype=torch.float32, device=dev)
+    returns = torch.as_tensor(returns, dtype=torch.float32, device=dev).reshape(-1)
+    n, o, a, t_len = s0.shape[0], model.obs_dim, model.act_dim, model.horizon
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in
+                                          ("observations", "actions", "rewards",
+                                           "next_observations", "terminals")}
+    sq_err, n_err = 0.0, 0
+    for lo in range(0, n, cfg.batch_size):
+        s0c, a0c, gc = s0[lo:lo + cfg.batch_size], a0[lo:lo + cfg.batch_size], \
+            returns[lo:lo + cfg.batch_size]
+        b = s0c.shape[0]
+        x = sample_windows(model, s0c, a0c, gc, cfg, generator, backend)    # [b, T, C]
+        with torch.no_grad():
+            states = x[:, :, :o]                                             # [b, T, o]
+            rewards = x[:, :, -1]                                            # [b, T]
+            first_idm = idm(states[:, 0], states[:, 1])                      # [b, a]
+            sq_err += float(((first_idm - a0c) ** 2).sum())
+            n_err += first_idm.numel()
+            acts = torch.empty(b, t_len - 1, a, device=dev)                  # [b, T-1, a]
+            acts[:, 0] = a0c
+            if t_len > 2:
+                inner = idm(states[:, 1:-1].reshape(-1, o), states[:, 2:].reshape(-1, o))
+                acts[:, 1:] = inner.reshape(b, t_len - 2, a)
+            raw_s = torch.as_tensor(unnormalize_states(states.reshape(-1, o)),
+                                    device=dev, dtype=torch.float32).reshape(b, t_len, o)
+            raw_r = torch.as_tensor(unnormalize_rewards(rewards.reshape(-1)),
+                                    device=dev, dtype=torch.float32).reshape(b, t_len)
+            nxt = raw_s[:, 1:]                                               # [b, T-1, o]
+            term = ~healthy(family, nxt.reshape(-1, o)).reshape(b, t_len - 1)
+            # keep step i iff no terminal strictly before i (the terminal step itself is kept)
+            before = term.long().cumsum(dim=1) - term.long()
+            keep = before == 0                                               # [b, T-1]
+            for key, val in (("observations", raw_s[:, :-1]), ("actions", acts),
+                             ("rewards", raw_r[:, :-1]), ("next_observations", nxt),
+                             ("terminals", term.float())):
+                parts[key].append(val[keep].cpu().numpy().astype(np.float32))
+    out = {k: (np.concatenate(v) if v else np.zeros((0,) + shp, np.float32))
+           for (k, v), shp in zip(parts.items(), [(o,), (a,), (), (o,), ()])}
+    out["action_consistency"] = sq_err / n_err if n_err else float("nan")
+    return out

@@ -1,0 +1,129 @@
+"""`python -m dawm_fast.train --env walker2d-medium-expert`: the whole DAWM pipeline.
+
+Stages: data -> IDM -> world model -> generation -> RL -> evaluation, each with progress and a
+checkpoint. Re-running with the same --out resumes (from the last finished stage, and mid-stage
+from the last checkpoint). Writes DIR/results.json, DIR/metrics.csv and DIR/plots/*.png.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from dawm_fast.config import ALGOS, BACKENDS, PRESETS, config_from_dict, preset_config
+from dawm_fast.data import SOURCES, TASK_NAMES, DatasetError, UnknownTaskError
+from dawm_fast.run_io import RunError, die
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m dawm_fast.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--env", default="walker2d-medium-expert",
+                   help=f"dataset name: {{halfcheetah,hopper,walker2d}}-{{medium,medium-replay,"
+                        f"medium-expert,expert}}")
+    p.add_argument("--algo", default="td3bc", help=f"one of {', '.join(ALGOS)}")
+    p.add_argument("--preset", default=None,
+                   help=f"one of {', '.join(PRESETS)} (default: paper with a GPU, cpu without)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=None,
+                   help="run directory (default runs/<env>_<algo>_<preset>_ratio<r>_seed<seed>)")
+    p.add_argument("--backend", default="reference", help=f"one of {', '.join(BACKENDS)}")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if present)")
+    p.add_argument("--data-source", default="auto", help=f"one of {', '.join(SOURCES)}")
+    p.add_argument("--data-path", default=None, help="D4RL .hdf5 file (with --data-source d4rl)")
+    p.add_argument("--synthetic-ratio", type=float, default=None,
+                   help="share of each RL batch from synthetic data (0 = plain offline RL)")
+    p.add_argument("--rl-steps", type=int, default=None)
+    p.add_argument("--wm-steps", type=int, default=None)
+    p.add_argument("--target-return", type=float, default=None,
+                   help="normalized return-to-go for guidance (default: per task)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    return p.parse_args(argv)
+
+
+def build_config(args: argparse.Namespace):
+    if args.env not in TASK_NAMES:
+        die(f"unknown --env {args.env!r}; valid: {', '.join(TASK_NAMES)}")
+    if args.algo not in ALGOS:
+        die(f"unknown --algo {args.algo!r}; valid: {', '.join(ALGOS)}")
+    if args.backend not in BACKENDS:
+        die(f"unknown --backend {args.backend!r}; valid: {', '.join(BACKENDS)}")
+    if args.data_source not in SOURCES:
+        die(f"unknown --data-source {args.data_source!r}; valid: {', '.join(SOURCES)}")
+    has_cuda = torch.cuda.is_available()
+    device = args.device or ("cuda" if has_cuda else "cpu")
+    if device.startswith("cuda") and not has_cuda:
+        die(f"--device {device} asked for a GPU but torch sees none "
+            f"(torch {torch.__version__}); use --device cpu")
+    preset = args.preset or ("paper" if device.startswith("cuda") else "cpu")
+    if preset not in PRESETS:
+        die(f"unknown --preset {preset!r}; valid: {', '.join(PRESETS)}")
+    overrides = {"seed": args.seed, "backend": args.backend, "device": device,
+                 "data_source": args.data_source, "data_path": args.data_path}
+    for name in ("synthetic_ratio", "rl_steps", "wm_steps", "target_return"):
+        if getattr(args, name) is not None:
+            overrides[name] = getattr(args, name)
+    if not 0.0 <= overrides.get("synthetic_ratio", 0.0) <= 1.0:
+        die(f"--synthetic-ratio must be in [0, 1], got {args.synthetic_ratio}")
+    return preset_config(preset, args.env, args.algo, **overrides)
+
+
+def check_out_dir(out: Path, cfg) -> None:
+    """An --out dir holds one run: resuming needs the same settings, other files are not ours."""
+    if not out.exists() or not any(out.iterdir()):
+        return
+    saved = out / "config.json"
+    if not saved.exists():
+        die(f"--out {out} is not empty and holds no dawm_fast run; choose an empty or new "
+            f"directory")
+    try:
+        old = config_from_dict(json.loads(saved.read_text()))
+    except (ValueError, TypeError) as e:
+        die(f"{saved} is corrupt ({e}); choose another --out or delete {out}")
+    old_d, new_d = old.to_dict(), cfg.to_dict()
+    old_d.pop("device", None), new_d.pop("device", None)
+    diff = [k for k in new_d if old_d.get(k) != new_d[k]]
+    if diff:
+        shown = ", ".join(f"{k}: {old_d.get(k)!r} there vs {new_d[k]!r} now" for k in diff[:4])
+        die(f"--out {out} holds another run ({shown}); rerun with its settings to resume it, "
+            f"or choose another --out")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    cfg = build_config(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = args.out or Path("runs") / (f"{cfg.env}_{cfg.algo}_{cfg.preset}_ratio"
+                                      f"{cfg.synthetic_ratio:g}_seed{cfg.seed}")
+    check_out_dir(out, cfg)
+    from dawm_fast.pipeline import Pipeline
+    from dawm_fast.sampling import available_backends
+
+    if cfg.backend not in available_backends():
+        die(f"--backend {cfg.backend} is not available in this installation (available: "
+            f"{', '.join(available_backends())}); use --backend reference")
+    print(f"dawm_fast | env {cfg.env} | algo {cfg.algo} | preset {cfg.preset} | seed {cfg.seed} | "
+          f"backend {cfg.backend} | device {cfg.device} ({torch.get_num_threads()} CPU threads) | "
+          f"data source {cfg.data_source} | synthetic ratio {cfg.synthetic_ratio} | out {out}",
+          flush=True)
+    try:
+        res = Pipeline(cfg, out).run()
+    except (RunError, DatasetError, UnknownTaskError) as e:
+        die(str(e))
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: nothing finished is lost; rerun the same command to resume from "
+              f"the last checkpoint in {out}", file=sys.stderr, flush=True)
+        return 130
+    print(f"done: normalized score {res['final_score_mean']:.1f} ± {res['final_score_std']:.1f} "
+          f"({res['score_reference']}); data: {res['dataset_source']}; results in "
+          f"{out / 'results.json'}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""Diffusion world model: window layout, inpainting, DDPM training loss, and an EMA helper.
+
+Window layout x [B, T, C], C = obs_dim + act_dim + 1; step i holds [s_i, a_i, r_i]. Step 0 is
+the known (s_t, a_t) and is inpainted; future actions (i >= 1) are not modelled (kept at 0, not
+in the loss); the IDM recovers them later. Loss channels: r_0 and (s_i, r_i) for i >= 1.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from dawm_fast.world_model.scheduler import DDIMScheduler, DiffusionScheduleConfig
+from dawm_fast.world_model.unet import TemporalUNet, TemporalUNetConfig
+
+
+@dataclass(frozen=True)
+class WorldModelConfig:
+    horizon: int = 8                    # T, window length including the conditioning step 0
+    cond_dropout: float = 0.25          # P(return dropped) per training sample (CFG, DWM value)
+    unet: TemporalUNetConfig = field(default_factory=TemporalUNetConfig)           # noise net
+    schedule: DiffusionScheduleConfig = field(default_factory=DiffusionScheduleConfig)  # K etc.
+
+
+def build_loss_mask(horizon: int, obs_dim: int, act_dim: int) -> torch.Tensor:
+    """[T, C] float mask: 1 on r_0 and on (s_i, r_i) for i >= 1, 0 elsewhere."""
+    c = obs_dim + act_dim + 1
+    mask = torch.zeros(horizon, c)
+    mask[0, c - 1] = 1.0                 # r_0 is unknown at generation time
+    mask[1:, :obs_dim] = 1.0             # future states
+    mask[1:, c - 1] = 1.0                # future rewards
+    return mask
+
+
+class DiffusionWorldModel(nn.Module):
+    """Holds the noise network, the noise schedule and the window layout."""
+
+    def __init__(self, obs_dim: int, act_dim: int, cfg: WorldModelConfig = WorldModelConfig()):
+        super().__init__()
+        if not 0.0 <= cfg.cond_dropout < 1.0:
+            raise ValueError(f"cond_dropout must be in [0, 1), got {cfg.cond_dropout}")
+        self.cfg = cfg
+        self.obs_dim = obs_dim
+        self.act_dim = act_dim
+        self.horizon = cfg.horizon
+        self.transition_dim = obs_dim + act_dim + 1
+        self.unet = TemporalUNet(self.transition_dim, act_dim, cfg.horizon, cfg.unet)
+        # The training scheduler: only add_noise and alphas are used here; sampling builds its own
+        # (set_timesteps mutates state and must not leak between callers).
+        self.scheduler = DDIMScheduler(cfg.schedule)
+        # Derived from the dims, so kept out of checkpoints.
+        self.register_buffer("loss_mask", build_loss_mask(cfg.horizon, obs_dim, act_dim),
+                             persistent=False)                              # [T, C]
+
+    @property
+    def schedule_config(self) -> DiffusionScheduleConfig:
+        return self.cfg.schedule
+
+    def conditioning(self, x: torch.Tensor, s0: torch.Tensor, a0: torch.Tensor) -> torch.Tensor:
+        """Return x with s_t, a_t written into step 0 and future action channels zeroed.
+
+        x [B, T, C], s0 [B, obs_dim], a0 [B, act_dim]. Out of place, so it is autograd-safe.
+        """
+        o, a = self.obs_dim, self.act_dim
+        x = x.clone()
+        x[:, 0, :o] = s0
+        x[:, 0, o:o + a] = a0
+        x[:, 1:, o:o + a] = 0.0
+        return x
+
+    def loss(self, x0: torch.Tensor, returns: torch.Tensor, actions: torch.Tensor,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+        """DDPM eps-prediction loss, masked to the modelled channels.
+
+        x0 [B, T, C] normalized windows, returns [B] normalized g, actions [B, act_dim] = a_t.
+        Random draws, in order, all from ``generator``: t [B], noise [B, T, C], then the
+        return-keep mask [B].
+        """
+        b = x0.shape[0]
+        dev = x0.device
+        t = torch.randint(0, self.scheduler.n_diffusion_steps, (b,), device=dev,
+                          generator=generator)                                # [B]
+        noise = torch.randn(x0.shape, device=dev, dtype=x0.dtype, generator=generator)  # [B,T,C]
+        keep = torch.bernoulli(torch.full((b,), 1.0 - self.cfg.cond_dropout, device=dev,
+                                          dtype=x0.dtype), generator=generator)  # [B] 1 = use g
+        x_t = self.scheduler.add_noise(x0, noise, t)
+        x_t = self.conditioning(x_t, x0[:, 0, :self.obs_dim], actions)
+        eps = self.unet(x_t, t, returns, actions, keep)                      # [B, T, C]
+        mask = self.loss_mask.to(eps.dtype)
+        sq = (eps - noise) ** 2 * mask
+        return sq.sum() / (mask.sum() * b)
+
+
+@dataclass(frozen=True)
+class EMAConfig:
+    decay: float = 0.995                # ema <- decay * ema + (1 - decay) * online
+    update_every: int = 10              # only steps divisible by this touch the EMA
+    start_step: int = 1000              # before this step an update copies the online weights
+
+
+class EMA:
+    """Exponential moving average copy of a model (Diffuser trainer semantics)."""
+
+    def __init__(self, model: nn.Module, cfg: EMAConfig = EMAConfig()):
+        self.cfg = cfg
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        """Call after optimizer step number ``step`` (1-based)."""
+        if step % self.cfg.update_every:
+            return
+        if step < self.cfg.start_step:
+            self.model.load_state_dict(model.state_dict())
+            return
+        for p_ema, p in zip(self.model.parameters(), model.parameters()):
+            p_ema.lerp_(p.detach(), 1.0 - self.cfg.decay)
+        for b_ema, b in zip(self.model.buffers(), model.buffers()):
+            b_ema.copy_(b)
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
