@@ -1,0 +1,152 @@
+"""The whole pipeline on the smoke preset: every stage, resume, results, and bad input."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dawm_fast import train
+from dawm_fast.data import embedded
+from dawm_fast.rl.td3bc import TD3BC
+
+from test_data import fake_policies
+
+
+@pytest.fixture(scope="module")
+def smoke_data(tmp_path_factory):
+    """Small embedded walker2d datasets from random-weight policies, in a private Minari store."""
+    root = tmp_path_factory.mktemp("pipeline")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MINARI_DATASETS_PATH", str(root / "minari"))
+    mp.setattr(embedded, "POLICY_DIR", root / "policies")
+    mp.setattr(embedded, "RECIPE", embedded.EmbeddedRecipe(expert_steps=2500, medium_steps=2500,
+                                                           n_envs=4))
+    fake_policies(root / "policies", env="walker2d", obs_dim=17, act_dim=6)
+    yield root
+    mp.undo()
+
+
+def run(out, *extra):
+    return train.main(["--env", "walker2d-medium-expert", "--preset", "smoke", "--out", str(out),
+                       "--device", "cpu", *extra])
+
+
+def test_smoke_run_writes_results(smoke_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run(out, "--algo", "iql") == 0
+    log = capsys.readouterr().out
+    assert "preset smoke" in log and "device cpu" in log and "data source auto" in log
+    res = json.loads((out / "results.json").read_text())
+    for key in ("env", "algo", "seed", "preset", "backend", "dataset_source", "final_score_mean",
+                "final_score_std", "action_consistency_mse", "wall_time_s", "score_reference"):
+        assert key in res
+    assert res["algo"] == "iql" and "embedded" in res["dataset_source"]
+    assert np.isfinite(res["final_score_mean"]) and res["synthetic_transitions"] > 0
+    assert set(res["wall_time_s"]) == {"data", "idm", "world_model", "generation", "rl",
+                                       "evaluation"}
+    for png in ("learning_curve.png", "world_model_loss.png", "real_vs_synthetic.png"):
+        assert (out / "plots" / png).stat().st_size > 1000
+    stages = {line.split(",")[0] for line in (out / "metrics.csv").read_text().splitlines()[1:]}
+    assert {"idm", "world_model", "generation", "rl", "evaluation"} <= stages
+    # a second run of the same command finds everything finished
+    assert run(out, "--algo", "iql") == 0
+    assert "finished earlier" in capsys.readouterr().out
+
+
+def test_interrupted_run_resumes_to_the_same_agent(smoke_data, tmp_path, monkeypatch, capsys):
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    assert run(full, "--synthetic-ratio", "0.5") == 0
+    calls = {"n": 0}
+    original = TD3BC.update
+
+    def update_then_interrupt(self, batch):
+        calls["n"] += 1
+        if calls["n"] == 450:            # after the checkpoint at update 400
+            raise KeyboardInterrupt
+        return original(self, batch)
+
+    monkeypatch.setattr(TD3BC, "update", update_then_interrupt)
+    assert run(cut, "--synthetic-ratio", "0.5") == 130
+    assert not (cut / "results.json").exists()
+    monkeypatch.setattr(TD3BC, "update", original)
+    assert run(cut, "--synthetic-ratio", "0.5") == 0
+    log = capsys.readouterr().out
+    assert "resumed at update 400" in log
+    for stage in ("idm", "world_model", "generation"):
+        assert f"[{stage}] finished earlier" in log
+    a = torch.load(full / "agent.pt", weights_only=False)["agent"]
+    b = torch.load(cut / "agent.pt", weights_only=False)["agent"]
+    for k in ("actor", "critic", "actor_target", "critic_target"):
+        for key, val in a[k].items():
+            assert torch.equal(val, b[k][key]), (k, key)
+    ra = json.loads((full / "results.json").read_text())
+    rb = json.loads((cut / "results.json").read_text())
+    assert ra["final_return_mean"] == rb["final_return_mean"]
+
+
+def test_plain_baseline_skips_the_world_model(smoke_data, tmp_path):
+    out = tmp_path / "plain"
+    assert run(out, "--synthetic-ratio", "0") == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["synthetic_transitions"] == 0 and res["synthetic_ratio"] == 0
+    assert not (out / "world_model.pt").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--env", "walker3d-medium"], "valid: hopper-medium, "),
+    (["--env", "walker2d-medium", "--algo", "sac"], "unknown --algo 'sac'"),
+    (["--env", "walker2d-medium", "--backend", "turbo"], "unknown --backend"),
+    (["--env", "walker2d-medium", "--device", "cuda"], "use --device cpu"),
+    (["--env", "walker2d-medium", "--synthetic-ratio", "1.5"], "must be in [0, 1]"),
+])
+def test_bad_arguments_say_what_to_do(args, message, capsys, tmp_path):
+    if "cuda" in args and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(SystemExit) as e:
+        train.main(args + ["--out", str(tmp_path / "x")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_out_dir_of_another_run_is_left_alone(smoke_data, tmp_path, capsys):
+    out = tmp_path / "other"
+    out.mkdir()
+    (out / "config.json").write_text(json.dumps({"env": "hopper-medium", "algo": "iql"}))
+    before = (out / "config.json").read_text()
+    with pytest.raises(SystemExit):
+        run(out)
+    assert "holds another run" in capsys.readouterr().err
+    assert (out / "config.json").read_text() == before
+    stranger = tmp_path / "stranger"
+    stranger.mkdir()
+    (stranger / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit):
+        run(stranger)
+    assert "holds no dawm_fast run" in capsys.readouterr().err
+
+
+def test_corrupt_checkpoint_is_reported_not_overwritten(smoke_data, tmp_path, monkeypatch,
+                                                        capsys):
+    out = tmp_path / "corrupt"
+    calls = {"n": 0}
+    original = TD3BC.update
+
+    def interrupt(self, batch):
+        calls["n"] += 1
+        if calls["n"] == 250:
+            raise KeyboardInterrupt
+        return original(self, batch)
+
+    monkeypatch.setattr(TD3BC, "update", interrupt)
+    assert run(out) == 130
+    monkeypatch.setattr(TD3BC, "update", original)
+    ckpt = out / "rl_ckpt.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[:100])
+    garbage = ckpt.read_bytes()
+    with pytest.raises(SystemExit):
+        run(out)
+    err = capsys.readouterr().err
+    assert "rl_ckpt.pt" in err and "corrupt" in err and "Traceback" not in err
+    assert ckpt.read_bytes() == garbage
