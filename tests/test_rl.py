@@ -77,7 +77,7 @@ def test_transitions_from_numpy_dict_and_arrays(seed):
 
 
 @pytest.mark.parametrize("ratio,batch", [(0.0, 64), (0.25, 64), (0.3, 100), (0.5, 256),
-                                         (0.9, 37), (1.0, 64)])
+                                         (0.9, 37), (0.7, 37), (1.0, 64)])
 def test_mixed_sampler_exact_counts(seed, ratio, batch):
     g = torch.Generator().manual_seed(seed)
     real = random_transitions(int(torch.randint(5, 300, (1,), generator=g)), 3, 2, g, reward=0.0)
@@ -234,7 +234,8 @@ def test_td3bc_moves_toward_better_action_and_bc_limit(seed):
     for log in logs:
         assert all(math.isfinite(float(v)) for v in log.values())
     assert sum("actor_loss" in log for log in logs) == 150      # policy_freq = 2
-    assert float(logs[-1]["critic_loss"]) < 0.05                 # one-step targets are learnable
+    critic = [float(log["critic_loss"]) for log in logs]      # one-step targets are learnable
+    assert np.mean(critic[-20:]) < 0.2 * np.mean(critic[:5]), (critic[:5], critic[-20:])
     # alpha = 0: pure behaviour cloning of uniform actions -> a ~ 0 everywhere.
     toward_bc, _ = train_on_bandit(TD3BC(3, 1, fast(TD3BCConfig, alpha=0.0, seed=seed)), seed)
     assert abs(toward_bc) < 0.1, f"alpha=0 should clone the behaviour mean 0 ({toward_bc:.3f})"

@@ -96,7 +96,7 @@ class TD3BC:
             next_act = (self.actor_target(next_obs) + noise).clamp(-cfg.max_action,
                                                                    cfg.max_action)
             target_q1, target_q2 = self.critic_target(next_obs, next_act)         # [B], [B]
-            target_q = rew + 1.0 * cfg.gamma * torch.min(target_q1, target_q2)
+            target_q = rew + not_done * cfg.gamma * torch.min(target_q1, target_q2)
         q1, q2 = self.critic(obs, act)
         critic_loss = F.mse_loss(q1, target_q) + F.mse_loss(q2, target_q)
         self.critic_optimizer.zero_grad(set_to_none=True)
