@@ -13,7 +13,7 @@ from dawm_fast.data.tasks import parse_task
 from dawm_fast.rl.iql import IQLConfig, iql_config_for
 from dawm_fast.rl.td3bc import TD3BCConfig
 from dawm_fast.sampling.generate import SamplingConfig
-from dawm_fast.world_model import (DiffusionScheduleConfig, EMAConfig, InverseDynamicsConfig,
+from dawm_fast.world_model import (EMAConfig, InverseDynamicsConfig,
                                    TemporalUNetConfig, WorldModelConfig)
 
 PRESETS = ("smoke", "cpu", "paper")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -23,8 +22,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m dawm_fast.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--env", default="walker2d-medium-expert",
-                   help=f"dataset name: {{halfcheetah,hopper,walker2d}}-{{medium,medium-replay,"
-                        f"medium-expert,expert}}")
+                   help="dataset name: {halfcheetah,hopper,walker2d}-{medium,medium-replay,"
+                        "medium-expert,expert}")
     p.add_argument("--algo", default="td3bc", help=f"one of {', '.join(ALGOS)}")
     p.add_argument("--preset", default=None,
                    help=f"one of {', '.join(PRESETS)} (default: paper with a GPU, cpu without)")

@@ -1,6 +1,5 @@
 """The whole pipeline on the smoke preset: every stage, resume, results, and bad input."""
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -6,21 +6,28 @@ import numpy as np
 from .tasks import env_family
 
 
+def _fmt(x: float) -> str:
+    return f"{round(x, 2):g}"
+
+
 def normalized_score(env_name: str, returns, ref_min: float | None = None,
                      ref_max: float | None = None) -> tuple[np.ndarray, str]:
-    """100 * (return - min) / (max - min).
+    """100 * (return - ref_min) / (ref_max - ref_min), and a label naming the reference.
 
-    D4RL's reference returns by default; pass a dataset's own (Minari's ref_min_score /
-    ref_max_score, made on v5 envs) to score against those instead. Returns the scores and a
-    label naming the reference, to be written next to every score.
+    Default reference: D4RL's random/expert returns of the env family (``env_name`` may be a
+    family, a dataset name or a Gymnasium id: "hopper", "hopper-medium", "Hopper-v5").
+    With ``ref_min``/``ref_max``: the given dataset's own reference returns.
     """
-    fam = env_family(env_name)
     if (ref_min is None) != (ref_max is None):
-        raise ValueError("pass both ref_min and ref_max, or neither (D4RL's references)")
+        raise ValueError("give both ref_min and ref_max, or neither (D4RL reference)")
     if ref_min is None:
-        ref_min, ref_max = fam.d4rl_min, fam.d4rl_max
-        label = f"D4RL reference returns ({fam.name}: random {ref_min:g}, expert {ref_max:g})"
+        fam = env_family(env_name.lower())
+        lo, hi = fam.d4rl_min, fam.d4rl_max
+        label = f"D4RL ({fam.name}: random {_fmt(lo)}, expert {_fmt(hi)})"
     else:
-        label = f"dataset reference returns ({fam.name}: min {ref_min:g}, max {ref_max:g})"
-    scores = 100.0 * (np.asarray(returns, np.float64) - ref_min) / (ref_max - ref_min)
+        lo, hi = float(ref_min), float(ref_max)
+        label = f"dataset (min {_fmt(lo)}, max {_fmt(hi)})"
+    if not hi > lo:
+        raise ValueError(f"reference max {hi} must exceed reference min {lo}")
+    scores = 100.0 * (np.asarray(returns, dtype=np.float64) - lo) / (hi - lo)
     return scores, label
