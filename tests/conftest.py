@@ -1,4 +1,21 @@
 import os
+import shutil
+
+
+def _no_nvidia_gpu() -> bool:
+    """True when no CUDA device can be visible: every device hidden, or no NVIDIA driver at all."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES") in ("", "-1"):
+        return True
+    return not (os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidiactl")
+                or shutil.which("nvidia-smi"))
+
+
+# Must run before anything imports ``kernels``: triton.jit reads TRITON_INTERPRET when a kernel is
+# defined, and only interpreter-built kernels accept CPU tensors. Decided without importing torch
+# (no CUDA initialisation in the pytest process); setdefault lets an explicit TRITON_INTERPRET win.
+if _no_nvidia_gpu():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 
 import numpy as np
 import pytest

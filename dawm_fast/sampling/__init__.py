@@ -7,6 +7,7 @@ documented at the top of ``generate.py``. No other module dispatches on the back
 """
 from dawm_fast.sampling.generate import (SamplingConfig, available_backends, generate_transitions,
                                          healthy, register_backend, sample_windows)
+from dawm_fast.sampling.fast import sample_fast   # importing it registers backend "fast"
 
 __all__ = ["SamplingConfig", "available_backends", "generate_transitions", "healthy",
-           "register_backend", "sample_windows"]
+           "register_backend", "sample_fast", "sample_windows"]

@@ -1,0 +1,44 @@
+"""Fused Triton kernels for the diffusion world model, each beside its plain-PyTorch reference.
+
+This package imports nothing from ``dawm_fast``: kernels take tensors and floats only. Modules:
+``kernels.groupnorm_mish`` (the U-Net block epilogue, forward and backward) and
+``kernels.ddim_update`` (the guided DDIM step with the conditioning write).
+
+``triton_usable`` is the one place that decides whether a launcher may run on a tensor:
+  * CUDA tensors: yes, when Triton is installed;
+  * CPU tensors: only when the kernels were built for Triton's interpreter, i.e. TRITON_INTERPRET
+    was set when this package was imported (``triton.jit`` reads it at decoration time, so a
+    later change of the variable cannot affect already defined kernels).
+Everything else takes the ``*_reference`` functions.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+# The kernel modules are imported here (not re-exported function by function, which would shadow
+# the module names) so that INTERPRETED below is read at the moment their kernels are defined.
+from kernels import ddim_update, groupnorm_mish
+from kernels._triton import HAS_TRITON, triton
+
+
+def _interpreting() -> bool:
+    knobs = getattr(triton, "knobs", None)     # Triton >= 3.4; older ones read the variable as-is
+    if knobs is not None:
+        return bool(knobs.runtime.interpret)
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+# Read once, right after the kernels above were decorated, so it describes how they were built.
+INTERPRETED = HAS_TRITON and _interpreting()
+
+
+def triton_usable(tensor: torch.Tensor) -> bool:
+    """True when the Triton launchers can run on ``tensor``'s device."""
+    if tensor.is_cuda:
+        return HAS_TRITON
+    return INTERPRETED and tensor.device.type == "cpu"
+
+
+__all__ = ["HAS_TRITON", "INTERPRETED", "ddim_update", "groupnorm_mish", "triton_usable"]
