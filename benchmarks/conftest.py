@@ -1,0 +1,61 @@
+"""Shared set-up for the benchmarks: the device, the model under test and its inputs.
+
+On a GPU the model is Decision Diffuser's size (dim 128, mults 1-4-8, ~61M parameters for
+walker2d), the `paper` preset's; on a CPU it is the `cpu` preset's (dim 32, mults 1-2-4), the size
+a CPU user runs. Speeds are reported as ratios measured side by side in one run.
+"""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from dawm_fast.world_model import DiffusionWorldModel, TemporalUNetConfig, WorldModelConfig
+
+OBS_DIM, ACT_DIM = 17, 6          # walker2d
+GPU = torch.cuda.is_available()
+DEVICE = torch.device("cuda" if GPU else "cpu")
+CPU_ONLY_BATCHES = (64, 256)      # larger batches take minutes per round on 2 CPU cores
+
+
+def unet_config() -> TemporalUNetConfig:
+    return TemporalUNetConfig() if GPU else TemporalUNetConfig(dim=32, dim_mults=(1, 2, 4))
+
+
+def device_name() -> str:
+    if GPU:
+        return torch.cuda.get_device_name()
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+@pytest.fixture(scope="session")
+def world_model() -> DiffusionWorldModel:
+    torch.manual_seed(0)
+    if GPU:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return DiffusionWorldModel(OBS_DIM, ACT_DIM, WorldModelConfig(unet=unet_config())).to(
+        DEVICE).eval()
+
+
+def compiled_copy(model: DiffusionWorldModel) -> DiffusionWorldModel:
+    """The reference model with its U-Net under torch.compile: the strongest thing a user could
+    do without this package (reduce-overhead = CUDA graphs on a GPU; default mode on a CPU)."""
+    m = copy.copy(model)
+    m.unet = torch.compile(model.unet, mode="reduce-overhead" if GPU else "default")
+    return m
+
+
+def skip_large_batch_on_cpu(batch: int) -> None:
+    if not GPU and batch not in CPU_ONLY_BATCHES:
+        pytest.skip(f"batch {batch} is GPU-only: on 2 CPU cores one round takes minutes")
+
+
+def sync() -> None:
+    if GPU:
+        torch.cuda.synchronize()
+
+
+def record(benchmark, **info) -> None:
+    benchmark.extra_info.update(device=device_name(), torch=torch.__version__, **info)

@@ -1,0 +1,36 @@
+"""Sampling throughput: synthetic transitions per second, reference vs fast vs torch.compile."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import DEVICE, OBS_DIM, ACT_DIM, compiled_copy, record, skip_large_batch_on_cpu, sync
+from dawm_fast.sampling import SamplingConfig, sample_windows
+
+IMPLS = ("reference", "fast", "compile")
+
+
+@pytest.mark.parametrize("batch", [64, 256, 1024, 4096])
+@pytest.mark.parametrize("impl", IMPLS)
+def test_sampling_throughput(benchmark, world_model, impl, batch):
+    skip_large_batch_on_cpu(batch)
+    g = torch.Generator(device=DEVICE)
+    s0 = torch.rand(batch, OBS_DIM, device=DEVICE) * 2 - 1
+    a0 = torch.rand(batch, ACT_DIM, device=DEVICE) * 2 - 1
+    ret = torch.full((batch,), 0.9, device=DEVICE)
+    cfg = SamplingConfig(batch_size=batch)
+    model = compiled_copy(world_model) if impl == "compile" else world_model
+    backend = "fast" if impl == "fast" else "reference"
+
+    def sample():
+        g.manual_seed(0)
+        x = sample_windows(model, s0, a0, ret, cfg, g, backend=backend)
+        sync()
+        return x
+
+    benchmark.pedantic(sample, rounds=5 if DEVICE.type == "cuda" else 3, iterations=1,
+                       warmup_rounds=2 if impl == "compile" else 1)
+    per_call = batch * (world_model.horizon - 1)
+    record(benchmark, impl=impl, batch=batch, transitions_per_call=per_call,
+           transitions_per_s=per_call / benchmark.stats.stats.mean,
+           sampling_steps=cfg.n_sampling_steps)
