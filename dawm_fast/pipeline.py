@@ -59,7 +59,8 @@ class Pipeline:
         return stage in self.state["done"]
 
     # -- the run ---------------------------------------------------------------------------------
-    def run(self) -> dict:
+    def run(self, until: str | None = None) -> dict | None:
+        """Run (or resume) every stage; with `until`, stop after that stage and return None."""
         cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
         self._load_progress()
@@ -71,6 +72,8 @@ class Pipeline:
             if self.done(stage) and stage != "data":
                 print(f"[{stage}] finished earlier ({self.state['done'][stage]['wall_s']:.0f} s); "
                       f"skipping", flush=True)
+                if stage == until:
+                    return None
                 continue
             t0 = time.time()
             if cfg.synthetic_ratio == 0 and stage in ("idm", "world_model", "generation"):
@@ -80,6 +83,8 @@ class Pipeline:
             info = getattr(self, f"stage_{stage}")() or {}
             if not self.done(stage):
                 self._finish(stage, time.time() - t0 + self._resumed_wall(stage), **info)
+            if stage == until:
+                return None
         return self.results()
 
     def _resumed_wall(self, stage: str) -> float:

@@ -40,6 +40,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--wm-steps", type=int, default=None)
     p.add_argument("--target-return", type=float, default=None,
                    help="normalized return-to-go for guidance (default: per task)")
+    p.add_argument("--until", default=None,
+                   help="stop after this stage (data, idm, world_model, generation, rl); "
+                        "rerun without it to continue")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     return p.parse_args(argv)
 
@@ -100,7 +103,7 @@ def main(argv=None) -> int:
     out = args.out or Path("runs") / (f"{cfg.env}_{cfg.algo}_{cfg.preset}_ratio"
                                       f"{cfg.synthetic_ratio:g}_seed{cfg.seed}")
     check_out_dir(out, cfg)
-    from dawm_fast.pipeline import Pipeline
+    from dawm_fast.pipeline import STAGES, Pipeline
     from dawm_fast.sampling import available_backends
 
     if cfg.backend not in available_backends():
@@ -110,14 +113,20 @@ def main(argv=None) -> int:
           f"backend {cfg.backend} | device {cfg.device} ({torch.get_num_threads()} CPU threads) | "
           f"data source {cfg.data_source} | synthetic ratio {cfg.synthetic_ratio} | out {out}",
           flush=True)
+    if args.until is not None and args.until not in STAGES:
+        die(f"unknown --until {args.until!r}; valid: {', '.join(STAGES)}")
     try:
-        res = Pipeline(cfg, out).run()
+        res = Pipeline(cfg, out).run(until=args.until)
     except (RunError, DatasetError, UnknownTaskError) as e:
         die(str(e))
     except KeyboardInterrupt:
         print(f"\ninterrupted: nothing finished is lost; rerun the same command to resume from "
               f"the last checkpoint in {out}", file=sys.stderr, flush=True)
         return 130
+    if res is None:
+        print(f"stopped after stage {args.until}; rerun without --until to continue in {out}",
+              flush=True)
+        return 0
     print(f"done: normalized score {res['final_score_mean']:.1f} ± {res['final_score_std']:.1f} "
           f"({res['score_reference']}); data: {res['dataset_source']}; results in "
           f"{out / 'results.json'}", flush=True)

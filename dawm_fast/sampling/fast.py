@@ -10,13 +10,18 @@ TRITON_INTERPRET=1); otherwise the same loop runs the kernels' plain-PyTorch ref
 """
 from __future__ import annotations
 
+import functools
+import weakref
+
 import torch
 
 from dawm_fast.sampling.generate import SamplingConfig, register_backend
 from dawm_fast.world_model.diffusion import DiffusionWorldModel
 from dawm_fast.world_model.fused_unet import fused_unet_forward
 from dawm_fast.world_model.scheduler import DDIMScheduler, StepCoefficients
-from kernels import triton_usable
+from dawm_fast.ops import has_ops
+from dawm_fast.sampling.cpp_loop import sample_cpp
+from kernels import HAS_TRITON, triton_usable
 from kernels.ddim_update import (condition_noise, condition_noise_reference, ddim_update,
                                  ddim_update_reference)
 
@@ -63,11 +68,34 @@ def sample_fast(model: DiffusionWorldModel, s0: torch.Tensor, a0: torch.Tensor,
     return x
 
 
+# One forward callable per (model, kernel choice), alive as long as the model: the C++ sampler
+# caches its CUDA graphs per forward object, so a fresh partial per call would recapture.
+_FORWARDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _forward_for(model: DiffusionWorldModel, use_triton: bool):
+    per_model = _FORWARDS.setdefault(model, {})
+    if use_triton not in per_model:
+        per_model[use_triton] = functools.partial(fused_unet_forward, model.unet,
+                                                  use_triton=use_triton)
+    return per_model[use_triton]
+
+
 def _sample_fast(model: DiffusionWorldModel, s0: torch.Tensor, a0: torch.Tensor,
                  returns: torch.Tensor, cfg: SamplingConfig,
                  generator: torch.Generator) -> torch.Tensor:
-    """Registered backend: the SamplingBackend signature, kernel choice by device."""
-    return sample_fast(model, s0, a0, returns, cfg, generator)
+    """Registered "fast" backend.
+
+    CUDA: the C++ loop (dawm_fast.ops.GraphSampler) captured as one CUDA graph around the
+    Triton-fused U-Net. CPU: the same C++ loop and fused update around the U-Net with plain-PyTorch
+    epilogues (Triton runs on a CPU only under its interpreter, which is for tests, not for work).
+    Without the compiled extension (no compiler): this module's Python loop, same kernels.
+    """
+    use_triton = bool(s0.is_cuda and HAS_TRITON)
+    if not has_ops():
+        return sample_fast(model, s0, a0, returns, cfg, generator, use_triton=use_triton)
+    return sample_cpp(model, s0, a0, returns, cfg, generator,
+                      forward=_forward_for(model, use_triton))
 
 
 register_backend("fast", _sample_fast)

@@ -1,0 +1,67 @@
+"""dawm_fast's C++/CUDA operators (csrc/), loaded on first use.
+
+* ``ddim_guided_update``: one fused pass per DDIM step (guidance combine, x0 prediction, clip,
+  eps re-derivation, x_prev, conditioning write) = ``torch.ops.dawm_fast.ddim_guided_update``;
+* ``condition_noise``: the initial window ``conditioning(scale * z)``;
+* ``GraphSampler``: the whole guided loop in C++ with CUDA graph capture / replay
+  (``dawm_fast.sampling.cpp_loop.sample_cpp`` drives it).
+
+Nothing is compiled at import; ``load_extension()`` (called by every entry point) imports the
+prebuilt ``dawm_fast._C`` or JIT-builds the sources once (see ``loader``).
+"""
+from __future__ import annotations
+
+import torch
+
+from dawm_fast.ops.loader import (BUILD_MESSAGE, ExtensionUnavailable, extension_dir, has_ops,
+                                  load_extension)
+from dawm_fast.world_model.scheduler import StepCoefficients
+
+
+def step_kwargs(c: StepCoefficients) -> dict[str, float | None]:
+    """``DDIMScheduler.step_coefficients(i)`` as ``ddim_guided_update``'s keyword arguments."""
+    return dict(sqrt_recip_alpha=c.sqrt_recip_alpha, sqrt_recipm1_alpha=c.sqrt_recipm1_alpha,
+                sqrt_alpha=c.sqrt_alpha, recip_sqrt_one_minus_alpha=c.recip_sqrt_one_minus_alpha,
+                sqrt_alpha_prev=c.sqrt_alpha_prev, dir_coef=c.dir_coef, sigma=c.sigma,
+                clip=c.clip)
+
+
+def ddim_guided_update(eps2: torch.Tensor, x: torch.Tensor, s0: torch.Tensor, a0: torch.Tensor,
+                       *, guidance_weight: float, sqrt_recip_alpha: float,
+                       sqrt_recipm1_alpha: float, sqrt_alpha: float,
+                       recip_sqrt_one_minus_alpha: float, sqrt_alpha_prev: float,
+                       dir_coef: float, sigma: float = 0.0, clip: float | None = None,
+                       noise: torch.Tensor | None = None,
+                       noise_scale: float = 1.0) -> torch.Tensor:
+    """One guided DDIM step + conditioning write -> x_prev [B, T, C] (a new tensor).
+
+    eps2 [2B, T, C] (rows [0, B) conditional, [B, 2B) unconditional; any strides), x [B, T, C],
+    s0 [B, obs_dim], a0 [B, act_dim], noise [B, T, C] or None (added as
+    sigma * (noise_scale * noise)); float32, one device, all but eps2 contiguous. The constants
+    are ``DDIMScheduler.step_coefficients`` (see ``step_kwargs``); the result equals
+    ``conditioning(step(w * eps_c + (1 - w) * eps_u, ...))`` bit for bit.
+    """
+    load_extension()
+    return torch.ops.dawm_fast.ddim_guided_update(
+        eps2, x, s0, a0, noise, float(guidance_weight), float(sqrt_recip_alpha),
+        float(sqrt_recipm1_alpha), float(sqrt_alpha), float(recip_sqrt_one_minus_alpha),
+        float(sqrt_alpha_prev), float(dir_coef), float(sigma),
+        None if clip is None else float(clip), float(noise_scale))
+
+
+def condition_noise(z: torch.Tensor, s0: torch.Tensor, a0: torch.Tensor,
+                    scale: float = 1.0) -> torch.Tensor:
+    """The initial window conditioning(scale * z) for z [B, T, C] -> [B, T, C]."""
+    load_extension()
+    return torch.ops.dawm_fast.condition_noise(z, s0, a0, float(scale))
+
+
+def __getattr__(name: str):
+    # GraphSampler is a class of the compiled module: resolved (and built) on first access.
+    if name == "GraphSampler":
+        return load_extension().GraphSampler
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["BUILD_MESSAGE", "ExtensionUnavailable", "GraphSampler", "condition_noise",
+           "ddim_guided_update", "extension_dir", "has_ops", "load_extension", "step_kwargs"]

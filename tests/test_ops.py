@@ -1,0 +1,400 @@
+"""C++/CUDA extension (csrc/, dawm_fast.ops): the fused guided DDIM op against the scheduler,
+the C++ sampling loop against the reference sampler, argument errors, and (with a GPU) CUDA graph
+capture / replay. The extension is built (or loaded) once per test module."""
+from __future__ import annotations
+
+import copy
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from dawm_fast.sampling import SamplingConfig, sample_windows
+from dawm_fast.world_model import (DDIMScheduler, DiffusionWorldModel, TemporalUNetConfig,
+                                   WorldModelConfig)
+from dawm_fast.world_model.scheduler import DiffusionScheduleConfig
+
+torch.set_num_threads(1)
+
+OBS, ACT, T = 3, 2, 8
+C = OBS + ACT + 1
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(),
+                                reason="needs a CUDA device (torch.cuda.is_available() is False)")
+
+
+@pytest.fixture(scope="module")
+def ops():
+    """dawm_fast.ops with the extension loaded: built at most once per test session (the JIT
+    build directory is reused across processes)."""
+    from dawm_fast import ops as ops_mod
+    ops_mod.load_extension()
+    return ops_mod
+
+
+@pytest.fixture(scope="module")
+def model() -> DiffusionWorldModel:
+    torch.manual_seed(0)
+    m = DiffusionWorldModel(OBS, ACT, WorldModelConfig(
+        horizon=T, unet=TemporalUNetConfig(dim=16, dim_mults=(1, 2)))).eval()
+    with torch.no_grad():   # small eps keeps untrained samples spread out instead of all at +-1
+        m.unet.final_conv.weight.mul_(0.01)
+        m.unet.final_conv.bias.mul_(0.01)
+    return m
+
+
+def inputs(b: int, seed: int, device: str = "cpu"):
+    gen = torch.Generator().manual_seed(seed)
+    s0 = torch.rand(b, OBS, generator=gen) * 2 - 1
+    a0 = torch.rand(b, ACT, generator=gen) * 2 - 1
+    g = torch.rand(b, generator=gen)
+    return s0.to(device), a0.to(device), g.to(device)
+
+
+def conditioning(x, s0, a0):
+    """DiffusionWorldModel.conditioning for any dims (it only reads obs_dim and act_dim)."""
+    dims = SimpleNamespace(obs_dim=s0.shape[1], act_dim=a0.shape[1])
+    return DiffusionWorldModel.conditioning(dims, x, s0, a0)
+
+
+def reference_update(eps2, x, s0, a0, raw_noise, *, sched, i, w, temperature):
+    """The sampling loop's per-step arithmetic, op for op: guidance, DDIMScheduler.step,
+    conditioning (noise = temperature * randn, as the reference sampler draws it)."""
+    eps_c, eps_u = eps2.chunk(2)
+    eps = w * eps_c + (1.0 - w) * eps_u
+    noise = temperature * raw_noise if raw_noise is not None else None
+    return conditioning(sched.step(eps, i, x, noise).prev_sample, s0, a0)
+
+
+# ---- the fused op on CPU ------------------------------------------------------------------------
+@pytest.mark.parametrize("b,t,o,a", [(1, 4, 3, 2), (5, 8, 11, 3), (17, 32, 17, 6), (3, 1, 1, 1)])
+@pytest.mark.parametrize("eta", [0.0, 0.5])
+@pytest.mark.parametrize("clip", [True, False])
+@pytest.mark.parametrize("strided_eps", [False, True])
+def test_ddim_update_matches_scheduler(ops, b, t, o, a, eta, clip, strided_eps):
+    c = o + a + 1
+    gen = torch.Generator().manual_seed(b * 1000 + t * 10 + o)
+    sched = DDIMScheduler(DiffusionScheduleConfig(n_diffusion_steps=5, clip_sample=clip), eta=eta)
+    sched.set_timesteps(3)
+    w, temperature = 1.7, 0.6
+    for i in range(3):
+        x = 2.0 * torch.randn(b, t, c, generator=gen)       # large enough that the clip bites
+        s0, a0 = torch.randn(b, o, generator=gen), torch.randn(b, a, generator=gen)
+        if strided_eps:   # the U-Net's own output layout: a transpose of [2B, C, T]
+            eps2 = torch.randn(2 * b, c, t, generator=gen).transpose(1, 2)
+        else:
+            eps2 = torch.randn(2 * b, t, c, generator=gen)
+        raw = torch.randn(b, t, c, generator=gen) if eta > 0 else None
+        want = reference_update(eps2, x, s0, a0, raw, sched=sched, i=i, w=w,
+                                temperature=temperature)
+        got = ops.ddim_guided_update(eps2, x, s0, a0, guidance_weight=w, noise=raw,
+                                     noise_scale=temperature,
+                                     **ops.step_kwargs(sched.step_coefficients(i)))
+        assert got.shape == (b, t, c) and got.is_contiguous()
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+
+
+def test_ddim_update_raw_op_and_empty_batch(ops):
+    sched = DDIMScheduler(DiffusionScheduleConfig(), eta=0.0)
+    sched.set_timesteps(3)
+    k = ops.step_kwargs(sched.step_coefficients(0))
+    x = torch.zeros(0, T, C)
+    out = torch.ops.dawm_fast.ddim_guided_update(
+        torch.zeros(0, T, C), x, torch.zeros(0, OBS), torch.zeros(0, ACT), None, 1.2,
+        k["sqrt_recip_alpha"], k["sqrt_recipm1_alpha"], k["sqrt_alpha"],
+        k["recip_sqrt_one_minus_alpha"], k["sqrt_alpha_prev"], k["dir_coef"], k["sigma"])
+    assert out.shape == (0, T, C)
+
+
+def test_condition_noise_matches_conditioning(ops):
+    gen = torch.Generator().manual_seed(3)
+    z = torch.randn(6, T, C, generator=gen)
+    s0, a0 = torch.randn(6, OBS, generator=gen), torch.randn(6, ACT, generator=gen)
+    got = ops.condition_noise(z, s0, a0, 0.5)
+    torch.testing.assert_close(got, conditioning(0.5 * z, s0, a0), rtol=0, atol=0)
+
+
+def test_fake_kernel_registered(ops):
+    """The ops have fake (meta) kernels, so FakeTensor tracing / torch.compile can see them."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    sched = DDIMScheduler(DiffusionScheduleConfig(), eta=0.0)
+    sched.set_timesteps(3)
+    k = ops.step_kwargs(sched.step_coefficients(0))       # outside: it indexes a real tensor
+    with FakeTensorMode():
+        x = torch.empty(4, T, C)
+        out = ops.ddim_guided_update(torch.empty(8, C, T).transpose(1, 2), x, torch.empty(4, OBS),
+                                     torch.empty(4, ACT), guidance_weight=1.2, **k)
+        z = ops.condition_noise(x, torch.empty(4, OBS), torch.empty(4, ACT), 0.5)
+    assert out.shape == (4, T, C) and z.shape == (4, T, C)
+
+
+def _good_args(b=3):
+    gen = torch.Generator().manual_seed(0)
+    return dict(eps2=torch.randn(2 * b, T, C, generator=gen), x=torch.randn(b, T, C, generator=gen),
+                s0=torch.randn(b, OBS, generator=gen), a0=torch.randn(b, ACT, generator=gen),
+                noise=torch.randn(b, T, C, generator=gen))
+
+
+@pytest.mark.parametrize("name,bad,match", [
+    ("x", lambda a: a["x"].double(), r"x must be float32"),
+    ("eps2", lambda a: a["eps2"].half(), r"eps2 must be float32"),
+    ("s0", lambda a: a["s0"].double(), r"s0 must be float32"),
+    ("noise", lambda a: a["noise"].double(), r"noise must be float32"),
+    ("eps2", lambda a: a["eps2"][:3], r"eps2 must be \[2B, T, C\]"),
+    ("x", lambda a: a["x"][:, :, :-1], r"x must be contiguous"),
+    ("x", lambda a: a["x"].reshape(3, -1), r"x must be a \[B, T, C\] window"),
+    ("s0", lambda a: a["s0"][:2], r"s0 must be \[B, obs_dim\]"),
+    ("a0", lambda a: a["a0"][:, :1].contiguous(), r"obs_dim \+ act_dim \+ 1 == C"),
+    ("a0", lambda a: a["a0"].t().contiguous().t(), r"a0 must be contiguous"),
+    ("noise", lambda a: a["noise"][:, :4], r"noise must have x's shape"),
+    ("noise", lambda a: a["noise"].transpose(0, 1).contiguous().transpose(0, 1),
+     r"noise must be contiguous"),
+])
+def test_ddim_update_rejects_bad_arguments(ops, name, bad, match):
+    args = _good_args()
+    args[name] = bad(args)
+    sched = DDIMScheduler(DiffusionScheduleConfig(), eta=0.5)
+    sched.set_timesteps(3)
+    with pytest.raises(RuntimeError, match=match):
+        ops.ddim_guided_update(args["eps2"], args["x"], args["s0"], args["a0"], noise=args["noise"],
+                               guidance_weight=1.2, **ops.step_kwargs(sched.step_coefficients(0)))
+
+
+def test_ddim_update_rejects_negative_clip(ops):
+    a = _good_args()
+    with pytest.raises(RuntimeError, match=r"clip must be >= 0"):
+        ops.ddim_guided_update(a["eps2"], a["x"], a["s0"], a["a0"], guidance_weight=1.0,
+                               sqrt_recip_alpha=1.0, sqrt_recipm1_alpha=0.1, sqrt_alpha=1.0,
+                               recip_sqrt_one_minus_alpha=1.0, sqrt_alpha_prev=1.0, dir_coef=0.0,
+                               clip=-1.0)
+
+
+def test_condition_noise_rejects_bad_arguments(ops):
+    s0, a0 = torch.randn(2, OBS), torch.randn(2, ACT)
+    with pytest.raises(RuntimeError, match=r"z must be float32"):
+        ops.condition_noise(torch.randn(2, T, C, dtype=torch.float64), s0, a0)
+    with pytest.raises(RuntimeError, match=r"a0 must be \[B, act_dim\]"):
+        ops.condition_noise(torch.randn(2, T, C), s0, a0[:1])
+
+
+# ---- the C++ loop on CPU ------------------------------------------------------------------------
+@pytest.mark.parametrize("b", [1, 3, 17])
+@pytest.mark.parametrize("eta", [0.0, 0.5])
+def test_sample_cpp_matches_reference(ops, model, b, eta):
+    from dawm_fast.sampling.cpp_loop import sample_cpp
+    cfg = SamplingConfig(n_sampling_steps=3, guidance_weight=1.2, temperature=0.5, eta=eta)
+    s0, a0, g = inputs(b, seed=b)
+    want = sample_windows(model, s0, a0, g, cfg, torch.Generator().manual_seed(11))
+    got = sample_cpp(model, s0, a0, g, cfg, torch.Generator().manual_seed(11))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_sample_cpp_custom_forward(ops, model):
+    """forward is called once per step on the 2B batch; all DDIM steps of K = 5."""
+    from dawm_fast.sampling.cpp_loop import sample_cpp
+    seen = []
+
+    def forward(x2, t2, returns2, actions2, mask2):
+        seen.append((tuple(x2.shape), t2.tolist(), mask2.tolist()))
+        return model.unet(x2, t2, returns2, actions2, mask2)
+
+    cfg = SamplingConfig(n_sampling_steps=5, eta=0.3)
+    s0, a0, g = inputs(2, seed=4)
+    want = sample_windows(model, s0, a0, g, cfg, torch.Generator().manual_seed(2))
+    got = sample_cpp(model, s0, a0, g, cfg, torch.Generator().manual_seed(2), forward=forward)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert [s[0] for s in seen] == [(4, T, C)] * 5
+    assert [s[1][0] for s in seen] == [4, 3, 2, 1, 0]
+    assert all(s[2] == [1.0, 1.0, 0.0, 0.0] for s in seen)
+
+
+def test_graphs_on_cpu_raise(ops, model):
+    from dawm_fast.sampling.cpp_loop import sample_cpp
+    s0, a0, g = inputs(2, seed=1)
+    with pytest.raises(ValueError, match=r"use_cuda_graph=True needs CUDA tensors; s0 is on cpu"):
+        sample_cpp(model, s0, a0, g, SamplingConfig(), torch.Generator(), use_cuda_graph=True)
+    # The C++ class checks too, for direct callers.
+    sampler = ops.GraphSampler()
+    with pytest.raises(RuntimeError, match=r"use_cuda_graph=True needs CUDA tensors; s0 is on cpu"):
+        sampler.sample(model.unet, s0, a0, g, torch.randn(2, T, C), None, [4, 2, 0],
+                       [(1.0,) * 7] * 3, 1.0, 1.2, 0.5, use_cuda_graph=True)
+
+
+def _loop_args(b=2, n=3):
+    gen = torch.Generator().manual_seed(9)
+    return dict(s0=torch.randn(b, OBS, generator=gen), a0=torch.randn(b, ACT, generator=gen),
+                returns=torch.rand(b, generator=gen), noise=torch.randn(b, T, C, generator=gen),
+                step_noise=None, timesteps=list(range(n - 1, -1, -1)), coefs=[(1.0,) * 7] * n,
+                clip=1.0, w=1.2, temperature=0.5)
+
+
+@pytest.mark.parametrize("name,bad,match", [
+    ("returns", torch.randn(3), r"returns must be \[B\]"),
+    ("a0", torch.randn(2, ACT, dtype=torch.float64), r"a0 must be float32"),
+    ("noise", torch.randn(2, T, C + 1), r"noise must be \[B, T, obs_dim \+ act_dim \+ 1\]"),
+    ("step_noise", torch.randn(2, 2, T, C), r"step_noise must be \[N, B, T, C\]"),
+    ("coefs", [(1.0,) * 6] * 3, r"coefs\[0\] must hold 7 floats"),
+    ("coefs", [(1.0,) * 7] * 2, r"coefs must have one entry per timestep"),
+    ("timesteps", [], r"timesteps must list at least one DDIM step"),
+])
+def test_graph_sampler_rejects_bad_arguments(ops, model, name, bad, match):
+    args = _loop_args()
+    args[name] = bad
+    with pytest.raises(RuntimeError, match=match):
+        ops.GraphSampler().sample(model.unet, **args)
+
+
+def test_graph_sampler_checks_forward_output(ops):
+    args = _loop_args()
+    sampler = ops.GraphSampler()
+    with pytest.raises(RuntimeError, match=r"forward must return a Tensor"):
+        sampler.sample(lambda *a: "eps", **args)
+    with pytest.raises(RuntimeError, match=r"forward must return eps2 \[2B, T, C\]"):
+        sampler.sample(lambda x2, *a: x2[:2], **args)
+    with pytest.raises(RuntimeError, match=r"forward must return a float32 eps2"):
+        sampler.sample(lambda x2, *a: x2.double(), **args)
+
+    def boom(*a):
+        raise KeyError("from forward")
+    with pytest.raises(KeyError, match="from forward"):   # Python errors pass through unchanged
+        sampler.sample(boom, **args)
+    with pytest.raises(ValueError, match="max_graphs must be >= 1"):
+        ops.GraphSampler(0)
+
+
+def test_graph_sampler_is_cached_per_model_and_forward(ops, model):
+    from dawm_fast.sampling.cpp_loop import graph_sampler_for
+    a = graph_sampler_for(model, model.unet)
+    assert graph_sampler_for(model, model.unet) is a
+    assert graph_sampler_for(model, model.unet.forward) is graph_sampler_for(model,
+                                                                             model.unet.forward)
+    assert graph_sampler_for(model, model.unet.forward) is not a
+    assert a.max_graphs == 4 and len(a) == 0
+
+
+# ---- CUDA ---------------------------------------------------------------------------------------
+# Whole-loop comparisons on CUDA: the same kernels run eagerly and in the graph, but cuDNN may pick
+# other convolution algorithms across streams / captures, so allow the reference tolerance.
+LOOP_TOL = dict(rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def cuda_model(model):
+    return copy.deepcopy(model).cuda()
+
+
+def _cuda_run(model, b, seed, cfg, **kw):
+    from dawm_fast.sampling.cpp_loop import sample_cpp
+    s0, a0, g = inputs(b, seed=seed, device="cuda")
+    return sample_cpp(model, s0, a0, g, cfg, torch.Generator("cuda").manual_seed(seed), **kw)
+
+
+@needs_cuda
+def test_cuda_op_matches_cpu_op(ops):
+    assert ops.load_extension().with_cuda()
+    sched = DDIMScheduler(DiffusionScheduleConfig(), eta=0.5)
+    sched.set_timesteps(3)
+    args = _good_args(b=33)
+    args["eps2"] = torch.randn(66, C, T).transpose(1, 2)
+    for i in range(3):
+        k = dict(guidance_weight=1.2, noise_scale=0.5,
+                 **ops.step_kwargs(sched.step_coefficients(i)))
+        cpu = ops.ddim_guided_update(args["eps2"], args["x"], args["s0"], args["a0"],
+                                     noise=args["noise"], **k)
+        gpu = ops.ddim_guided_update(*(args[n].cuda() for n in ("eps2", "x", "s0", "a0")),
+                                     noise=args["noise"].cuda(), **k)
+        torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-6, atol=1e-7)
+    z = ops.condition_noise(args["x"].cuda(), args["s0"].cuda(), args["a0"].cuda(), 0.5)
+    torch.testing.assert_close(z.cpu(), ops.condition_noise(args["x"], args["s0"], args["a0"],
+                                                            0.5), rtol=0, atol=0)
+
+
+@needs_cuda
+@pytest.mark.parametrize("eta", [0.0, 0.5])
+def test_graph_replay_matches_eager_and_reference(ops, cuda_model, eta):
+    cfg = SamplingConfig(n_sampling_steps=3, guidance_weight=1.2, temperature=0.5, eta=eta)
+    sampler = ops.GraphSampler(4)
+    s0, a0, g = inputs(5, seed=7, device="cuda")
+    want = sample_windows(cuda_model, s0, a0, g, cfg, torch.Generator("cuda").manual_seed(7))
+    eager = _cuda_run(cuda_model, 5, 7, cfg, use_cuda_graph=False)
+    captured = _cuda_run(cuda_model, 5, 7, cfg, use_cuda_graph=True, sampler=sampler)  # capture
+    replayed = _cuda_run(cuda_model, 5, 7, cfg, use_cuda_graph=True, sampler=sampler)  # replay
+    assert len(sampler) == 1
+    torch.testing.assert_close(eager, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(captured, eager, **LOOP_TOL)
+    torch.testing.assert_close(replayed, eager, **LOOP_TOL)
+    assert torch.equal(replayed, captured)          # one graph, same inputs: same bits
+    # New inputs of the same signature: a replay of the same graph, with the new inputs.
+    other = _cuda_run(cuda_model, 5, 8, cfg, use_cuda_graph=True, sampler=sampler)
+    assert len(sampler) == 1
+    torch.testing.assert_close(other, _cuda_run(cuda_model, 5, 8, cfg, use_cuda_graph=False),
+                               **LOOP_TOL)
+    # The default: graphs on for CUDA tensors.
+    torch.testing.assert_close(_cuda_run(cuda_model, 5, 7, cfg), eager, **LOOP_TOL)
+
+
+@needs_cuda
+def test_graph_recaptures_on_new_signature(ops, cuda_model):
+    cfg = SamplingConfig(n_sampling_steps=3)
+    sampler = ops.GraphSampler(4)
+    for b in (2, 3):
+        got = _cuda_run(cuda_model, b, b, cfg, use_cuda_graph=True, sampler=sampler)
+        torch.testing.assert_close(got, _cuda_run(cuda_model, b, b, cfg, use_cuda_graph=False),
+                                   **LOOP_TOL)
+    assert len(sampler) == 2 and sampler.graph_keys()[0].startswith("B=3 ")
+    # A different guidance weight is baked into the kernels, so it is a new graph too.
+    _cuda_run(cuda_model, 3, 3, SamplingConfig(n_sampling_steps=3, guidance_weight=2.0),
+              use_cuda_graph=True, sampler=sampler)
+    assert len(sampler) == 3
+
+
+@needs_cuda
+def test_graph_lru_eviction(ops, cuda_model):
+    cfg = SamplingConfig(n_sampling_steps=2)
+    sampler = ops.GraphSampler(2)
+    for b in (1, 2, 3):
+        _cuda_run(cuda_model, b, b, cfg, use_cuda_graph=True, sampler=sampler)
+        assert len(sampler) <= 2
+    assert [k.split()[0] for k in sampler.graph_keys()] == ["B=3", "B=2"]
+    _cuda_run(cuda_model, 2, 2, cfg, use_cuda_graph=True, sampler=sampler)     # hit: now first
+    assert [k.split()[0] for k in sampler.graph_keys()] == ["B=2", "B=3"]
+    got = _cuda_run(cuda_model, 1, 1, cfg, use_cuda_graph=True, sampler=sampler)  # evicts B=3
+    assert [k.split()[0] for k in sampler.graph_keys()] == ["B=1", "B=2"]
+    torch.testing.assert_close(got, _cuda_run(cuda_model, 1, 1, cfg, use_cuda_graph=False),
+                               **LOOP_TOL)
+    sampler.clear()
+    assert len(sampler) == 0
+
+
+@needs_cuda
+def test_graph_replays_do_not_grow_memory(ops, cuda_model):
+    cfg = SamplingConfig(n_sampling_steps=3, eta=0.5)
+    sampler = ops.GraphSampler(1)
+    _cuda_run(cuda_model, 4, 0, cfg, use_cuda_graph=True, sampler=sampler)        # capture
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    for i in range(50):
+        out = _cuda_run(cuda_model, 4, i, cfg, use_cuda_graph=True, sampler=sampler)
+        del out
+    torch.cuda.synchronize()
+    assert torch.cuda.memory_allocated() == before
+    assert len(sampler) == 1
+
+
+@needs_cuda
+def test_failed_capture_leaves_cuda_usable(ops, cuda_model):
+    cfg = SamplingConfig(n_sampling_steps=2)
+    sampler = ops.GraphSampler(2)
+
+    def fails_in_capture(*args):
+        if torch.cuda.is_current_stream_capturing():
+            raise RuntimeError("forward refuses to be captured")
+        return cuda_model.unet(*args)
+
+    with pytest.raises(RuntimeError, match="forward refuses to be captured"):
+        _cuda_run(cuda_model, 2, 0, cfg, use_cuda_graph=True, sampler=sampler,
+                  forward=fails_in_capture)
+    assert len(sampler) == 0
+    assert not torch.cuda.is_current_stream_capturing()
+    got = _cuda_run(cuda_model, 2, 0, cfg, use_cuda_graph=True, sampler=sampler)
+    torch.testing.assert_close(got, _cuda_run(cuda_model, 2, 0, cfg, use_cuda_graph=False),
+                               **LOOP_TOL)
