@@ -10,7 +10,10 @@ Every ``snapshot_every`` steps the actor is saved (``snapshots/actor_XXXXXXX.npz
 ``dawm_fast.behavior.export`` later picks the medium and expert policies from these snapshots and
 keeps the ones before the medium policy to rebuild a medium-replay buffer.
 
-    python -m dawm_fast.behavior.online_td3 --env walker2d --workdir runs/behavior/walker2d
+    python -m dawm_fast.behavior.online_td3 --env hopper --workdir behavior_runs/hopper
+
+A run that spans sessions keeps its workdir under ``behavior_runs/`` in git: everything there but
+``buffer.npy`` (large, ignored) is small and committed, so the next session resumes it.
 """
 from __future__ import annotations
 
@@ -188,7 +191,11 @@ class OnlineTD3:
     def snapshot(self) -> float:
         snap_dir = self.workdir / "snapshots"
         snap_dir.mkdir(exist_ok=True)
-        np.savez(snap_dir / f"actor_{self.step:07d}.npz", **actor_to_numpy(self.actor))
+        # float16: snapshots are committed with a run that spans sessions (the export evaluates
+        # them as stored, so the chosen policies are exactly what the datasets are made from)
+        weights = {k: (np.asarray(v, np.float16) if k != "max_action" else v)
+                   for k, v in actor_to_numpy(self.actor).items()}
+        np.savez(snap_dir / f"actor_{self.step:07d}.npz", **weights)
         rets = evaluate_actor(self.actor, self.gym_id, self.cfg.eval_episodes,
                               seed=10_000 + self.step)
         new = not (self.workdir / "log.csv").exists()

@@ -1,0 +1,50 @@
+"""Turn a pytest-benchmark JSON file into the Markdown tables of benchmarks/RESULTS.md.
+
+    pytest benchmarks/ --benchmark-only --benchmark-json=bench.json
+    python benchmarks/summarize.py bench.json
+"""
+from __future__ import annotations
+
+import json
+import sys
+from collections import defaultdict
+
+
+def main(path: str) -> None:
+    data = json.load(open(path))
+    rows = defaultdict(dict)         # (group, size) -> impl -> (mean_s, extra)
+    for b in data["benchmarks"]:
+        info = b["extra_info"]
+        name = b["name"].split("[")[0].removeprefix("test_")
+        size = info.get("batch", info.get("rows", ""))
+        if "algo" in info:
+            name = f"{name} ({info['algo']})"
+        rows[(name, size)][info.get("impl", "reference")] = (b["stats"]["mean"], info)
+    device = next(iter(data["benchmarks"]))["extra_info"].get("device", "?")
+    print(f"Device: {device}; torch {data['benchmarks'][0]['extra_info'].get('torch')}; "
+          f"{data['datetime'][:10]}\n")
+    print("| benchmark | size | reference | fast | compile | fast/reference | fast/compile |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for (name, size), impls in sorted(rows.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))):
+        def cell(impl):
+            if impl not in impls:
+                return "", None
+            mean, info = impls[impl]
+            if "transitions_per_s" in info:
+                return f"{info['transitions_per_s']:,.0f} tr/s", mean
+            return f"{mean * 1e3:.2f} ms", mean
+        (r, rm), (f, fm), (c, cm) = cell("reference"), cell("fast"), cell("compile")
+        speed = lambda a, b: f"{b / a:.2f}x" if a and b else ""
+        print(f"| {name} | {size} | {r} | {f} | {c} | {speed(fm, rm)} | {speed(fm, cm)} |")
+    for b in data["benchmarks"]:
+        if "reference_score" in b["extra_info"]:
+            i = b["extra_info"]
+            print(f"\nReturn parity ({i['env']}, seed {i['seed']}, data: {i['data_source']}): "
+                  f"reference score {i['reference_score']:.1f}, fast {i['fast_score']:.1f} "
+                  f"(tolerance {i['score_tolerance']:.1f}); synthetic transitions "
+                  f"{i['synthetic_counts']}; worst KS {i['worst_ks']:.4f} (critical "
+                  f"{i['ks_critical']:.4f})")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
