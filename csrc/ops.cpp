@@ -155,6 +155,11 @@ TORCH_LIBRARY(dawm_fast, m) {
       "float recip_sqrt_one_minus_alpha, float sqrt_alpha_prev, float dir_coef, float sigma, "
       "float? clip=None, float noise_scale=1.0) -> Tensor");
   m.def("condition_noise(Tensor z, Tensor s0, Tensor a0, float scale=1.0) -> Tensor");
+  // y = Mish(GroupNorm(conv_out + bias[:, None])) [+ emb_add[:, :, None]] [+ residual]: the
+  // fused Conv1dBlock epilogue (CPU kernel in cpu/groupnorm_mish_cpu.cpp).
+  m.def(
+      "groupnorm_mish(Tensor conv_out, Tensor bias, Tensor gamma, Tensor beta, int num_groups, "
+      "float eps, Tensor? emb_add, Tensor? residual) -> Tensor");
 }
 
 }  // namespace ops

@@ -3,6 +3,7 @@
 * ``ddim_guided_update``: one fused pass per DDIM step (guidance combine, x0 prediction, clip,
   eps re-derivation, x_prev, conditioning write) = ``torch.ops.dawm_fast.ddim_guided_update``;
 * ``condition_noise``: the initial window ``conditioning(scale * z)``;
+* ``groupnorm_mish``: the fused U-Net epilogue Mish(GroupNorm(conv + bias)) [+ adds] (CPU);
 * ``GraphSampler``: the whole guided loop in C++ with CUDA graph capture / replay
   (``dawm_fast.sampling.cpp_loop.sample_cpp`` drives it).
 
@@ -56,6 +57,22 @@ def condition_noise(z: torch.Tensor, s0: torch.Tensor, a0: torch.Tensor,
     return torch.ops.dawm_fast.condition_noise(z, s0, a0, float(scale))
 
 
+def groupnorm_mish(conv_out: torch.Tensor, bias: torch.Tensor, gamma: torch.Tensor,
+                   beta: torch.Tensor, num_groups: int, eps: float = 1e-5,
+                   emb_add: torch.Tensor | None = None,
+                   residual: torch.Tensor | None = None) -> torch.Tensor:
+    """Fused Conv1dBlock epilogue Mish(GroupNorm(conv_out + bias)) [+ emb_add[:, :, None]]
+    [+ residual] -> a new [B, C, T] tensor (CPU, forward only: no autograd).
+
+    conv_out [B, C, T] (the conv WITHOUT its bias), bias/gamma/beta [C], emb_add [B, C],
+    residual [B, C, T]; float32, contiguous. Equals ``kernels.groupnorm_mish.
+    groupnorm_mish_reference`` to float rounding.
+    """
+    load_extension()
+    return torch.ops.dawm_fast.groupnorm_mish(conv_out, bias, gamma, beta, int(num_groups),
+                                              float(eps), emb_add, residual)
+
+
 def __getattr__(name: str):
     # GraphSampler is a class of the compiled module: resolved (and built) on first access.
     if name == "GraphSampler":
@@ -64,4 +81,5 @@ def __getattr__(name: str):
 
 
 __all__ = ["BUILD_MESSAGE", "ExtensionUnavailable", "GraphSampler", "condition_noise",
-           "ddim_guided_update", "extension_dir", "has_ops", "load_extension", "step_kwargs"]
+           "ddim_guided_update", "extension_dir", "groupnorm_mish", "has_ops", "load_extension",
+           "step_kwargs"]

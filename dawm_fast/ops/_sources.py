@@ -16,14 +16,17 @@ _PACKAGE_DIR = Path(__file__).resolve().parents[1]
 CSRC_CANDIDATES = (_PACKAGE_DIR.parent / "csrc", _PACKAGE_DIR / "_csrc")
 
 # Relative to the csrc directory.
-CPU_SOURCES = ("ops.cpp", "cpu/ddim_update_cpu.cpp", "graph_sampler.cpp")
+CPU_SOURCES = ("ops.cpp", "cpu/ddim_update_cpu.cpp", "cpu/groupnorm_mish_cpu.cpp",
+               "graph_sampler.cpp")
 CUDA_SOURCES = ("cuda/ddim_update_kernel.cu", "cuda/ddim_update_cuda.cpp")
 SOURCE_SUFFIXES = (".cpp", ".cu", ".h", ".cuh")
 
 # -ffp-contract=off: the fused CPU update must round every product and sum separately, as the
-# unfused PyTorch reference does (see csrc/cpu/ddim_update_cpu.cpp). -fvisibility=hidden: pybind11
+# unfused PyTorch reference does (see csrc/cpu/ddim_update_cpu.cpp). -fno-trapping-math (no
+# change to any rounding) lets gcc if-convert and vectorize the Mish loop of
+# csrc/cpu/groupnorm_mish_cpu.cpp. -fvisibility=hidden: pybind11
 # expects it; the module's PyInit symbol and the op registrations do not need exported symbols.
-CXX_FLAGS = ("-O3", "-ffp-contract=off", "-fvisibility=hidden")
+CXX_FLAGS = ("-O3", "-ffp-contract=off", "-fno-trapping-math", "-fvisibility=hidden")
 NVCC_FLAGS = ("-O3",)
 CUDA_DEFINE = "DAWM_FAST_WITH_CUDA"
 # The AOT build records the hash of the sources it compiled here, beside dawm_fast/_C*.so.

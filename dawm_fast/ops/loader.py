@@ -129,6 +129,10 @@ def _register_fake_kernels() -> None:
     def _condition_noise_fake(z, s0, a0, scale=1.0):
         return torch.empty_like(z, memory_format=torch.contiguous_format)
 
+    @torch.library.register_fake("dawm_fast::groupnorm_mish")
+    def _groupnorm_mish_fake(conv_out, bias, gamma, beta, num_groups, eps, emb_add, residual):
+        return torch.empty_like(conv_out, memory_format=torch.contiguous_format)
+
 
 def load_extension() -> ModuleType:
     """The extension module (GraphSampler, with_cuda()); registers torch.ops.dawm_fast.*.
