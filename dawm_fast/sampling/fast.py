@@ -18,20 +18,12 @@ import torch
 from dawm_fast.sampling.generate import SamplingConfig, register_backend
 from dawm_fast.world_model.diffusion import DiffusionWorldModel
 from dawm_fast.world_model.fused_unet import fused_unet_forward
-from dawm_fast.world_model.scheduler import DDIMScheduler, StepCoefficients
-from dawm_fast.ops import has_ops
+from dawm_fast.world_model.scheduler import DDIMScheduler
+from dawm_fast.ops import has_ops, step_kwargs
 from dawm_fast.sampling.cpp_loop import sample_cpp
 from kernels import HAS_TRITON, triton_usable
 from kernels.ddim_update import (condition_noise, condition_noise_reference, ddim_update,
                                  ddim_update_reference)
-
-
-def _update_args(c: StepCoefficients) -> dict[str, float | None]:
-    """The scheduler's step constants as the DDIM kernel's keyword arguments."""
-    return dict(sqrt_recip_alpha=c.sqrt_recip_alpha, sqrt_recipm1_alpha=c.sqrt_recipm1_alpha,
-                sqrt_alpha=c.sqrt_alpha, recip_sqrt_one_minus_alpha=c.recip_sqrt_one_minus_alpha,
-                sqrt_alpha_prev=c.sqrt_alpha_prev, dir_coef=c.dir_coef, sigma=c.sigma,
-                clip=c.clip)
 
 
 def sample_fast(model: DiffusionWorldModel, s0: torch.Tensor, a0: torch.Tensor,
@@ -64,7 +56,7 @@ def sample_fast(model: DiffusionWorldModel, s0: torch.Tensor, a0: torch.Tensor,
             # temperature * randn would.
             noise = torch.randn(shape, generator=generator, device=dev, dtype=dt)  # [B, T, C]
         x = update_fn(eps2, x, s0, a0, guidance_weight=cfg.guidance_weight, noise=noise,
-                      noise_scale=cfg.temperature, **_update_args(scheduler.step_coefficients(i)))
+                      noise_scale=cfg.temperature, **step_kwargs(scheduler.step_coefficients(i)))
     return x
 
 
