@@ -15,6 +15,35 @@ struct WindowDims {
   int64_t A;  // act_dim: action channels [O, O + A)
 };
 
+// Host and device: the CPU kernel and the CUDA kernel share these two helpers, so the
+// conditioning rule and the NaN-propagating clamp exist once.
+#if defined(__CUDACC__)
+#define DAWM_HOST_DEVICE __host__ __device__ __forceinline__
+#else
+#define DAWM_HOST_DEVICE inline
+#endif
+
+// torch.clamp propagates NaN; a plain min/max would not (v != v is true only for NaN).
+DAWM_HOST_DEVICE float clamp_like_torch(float v, float lo, float hi) {
+  return v != v ? v : (v < lo ? lo : (v > hi ? hi : v));
+}
+
+// Where the conditioning writes element (b, step, c): stores its value and returns true; returns
+// false where the element keeps the computed value.
+DAWM_HOST_DEVICE bool conditioned(const WindowDims& d, int64_t b, int64_t step, int64_t c,
+                                  const float* s0, const float* a0, float* value) {
+  if (step == 0 && c < d.O) {
+    *value = s0[b * d.O + c];
+    return true;
+  }
+  if (c >= d.O && c < d.O + d.A) {
+    *value = step == 0 ? a0[b * d.A + (c - d.O)] : 0.0f;
+    return true;
+  }
+  return false;
+}
+
+
 // Strides (in elements) of eps2 [2B, T, C]. eps2 may be a non-contiguous view (the reference
 // U-Net returns a transpose), so the kernels index it by stride instead of forcing a copy.
 struct Eps2Strides {

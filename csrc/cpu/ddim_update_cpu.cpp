@@ -25,26 +25,6 @@ int64_t grain_rows(const WindowDims& d) {
   return std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, d.T * d.C));
 }
 
-// torch.clamp propagates NaN; std::min/std::max alone would not.
-inline float clamp_like_torch(float v, float lo, float hi) {
-  return std::isnan(v) ? v : std::min(std::max(v, lo), hi);
-}
-
-// Where the conditioning writes element (b, step, c): stores its value and returns true; returns
-// false where the element keeps the computed value.
-inline bool conditioned(const WindowDims& d, int64_t b, int64_t step, int64_t c,
-                        const float* s0, const float* a0, float* value) {
-  if (step == 0 && c < d.O) {
-    *value = s0[b * d.O + c];
-    return true;
-  }
-  if (c >= d.O && c < d.O + d.A) {
-    *value = step == 0 ? a0[b * d.A + (c - d.O)] : 0.0f;
-    return true;
-  }
-  return false;
-}
-
 template <bool kClip, bool kNoise>
 void ddim_rows(const float* eps2, Eps2Strides es, const float* x, const float* s0,
                const float* a0, const float* noise, float* out, const WindowDims& d,

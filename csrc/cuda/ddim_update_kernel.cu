@@ -21,27 +21,6 @@ int grid_for(int64_t n) {
   return static_cast<int>(std::min<int64_t>((n + kThreads - 1) / kThreads, kMaxBlocks));
 }
 
-// torch.clamp propagates NaN; fminf/fmaxf alone would drop it.
-__device__ __forceinline__ float clamp_like_torch(float v, float lo, float hi) {
-  return isnan(v) ? v : fminf(fmaxf(v, lo), hi);
-}
-
-// Where the conditioning writes element (b, step, c): stores its value and returns true; returns
-// false where the element keeps the computed value.
-__device__ __forceinline__ bool conditioned(const WindowDims& d, int64_t b, int64_t step,
-                                            int64_t c, const float* __restrict__ s0,
-                                            const float* __restrict__ a0, float* value) {
-  if (step == 0 && c < d.O) {
-    *value = s0[b * d.O + c];
-    return true;
-  }
-  if (c >= d.O && c < d.O + d.A) {
-    *value = step == 0 ? a0[b * d.A + (c - d.O)] : 0.0f;
-    return true;
-  }
-  return false;
-}
-
 template <bool kClip, bool kNoise>
 __global__ void ddim_guided_update_kernel(const float* __restrict__ eps2, Eps2Strides es,
                                           const float* __restrict__ x,
