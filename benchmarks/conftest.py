@@ -39,11 +39,14 @@ def world_model() -> DiffusionWorldModel:
         DEVICE).eval()
 
 
-def compiled_copy(model: DiffusionWorldModel) -> DiffusionWorldModel:
+@pytest.fixture(scope="session")
+def compiled_model(world_model) -> DiffusionWorldModel:
     """The reference model with its U-Net under torch.compile: the strongest thing a user could
-    do without this package (reduce-overhead = CUDA graphs on a GPU; default mode on a CPU)."""
-    m = copy.copy(model)
-    m.unet = torch.compile(model.unet, mode="reduce-overhead" if GPU else "default")
+    do without this package (reduce-overhead = CUDA graphs on a GPU; default mode on a CPU).
+    Same weights; the original model is left untouched."""
+    m = copy.copy(world_model)
+    m._modules = dict(world_model._modules)      # own module table: do not rebind the original's
+    m.unet = torch.compile(world_model.unet, mode="reduce-overhead" if GPU else "default")
     return m
 
 

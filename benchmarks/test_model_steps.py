@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import DEVICE, OBS_DIM, ACT_DIM, GPU, compiled_copy, record, sync
+from conftest import DEVICE, OBS_DIM, ACT_DIM, GPU, record, sync
 from dawm_fast.rl.buffer import Transitions
 from dawm_fast.rl.iql import IQL
 from dawm_fast.rl.td3bc import TD3BC
@@ -14,7 +14,7 @@ from conftest import unet_config
 
 
 @pytest.mark.parametrize("impl", ["reference", "fast", "compile"])
-def test_unet_forward(benchmark, world_model, impl):
+def test_unet_forward(benchmark, world_model, compiled_model, impl):
     """The 2B forward of one guided sampling step at batch 256 (512 rows)."""
     b = 512
     x = torch.randn(b, world_model.horizon, world_model.transition_dim, device=DEVICE)
@@ -25,7 +25,7 @@ def test_unet_forward(benchmark, world_model, impl):
     if impl == "fast":
         fn = lambda: fused_unet_forward(world_model.unet, x, t, ret, act, mask)
     else:
-        unet = compiled_copy(world_model).unet if impl == "compile" else world_model.unet
+        unet = compiled_model.unet if impl == "compile" else world_model.unet
         fn = lambda: unet(x, t, ret, act, mask)
 
     def run():

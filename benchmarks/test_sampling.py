@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import DEVICE, OBS_DIM, ACT_DIM, compiled_copy, record, skip_large_batch_on_cpu, sync
+from conftest import DEVICE, OBS_DIM, ACT_DIM, record, skip_large_batch_on_cpu, sync
 from dawm_fast.sampling import SamplingConfig, sample_windows
 
 IMPLS = ("reference", "fast", "compile")
@@ -12,14 +12,14 @@ IMPLS = ("reference", "fast", "compile")
 
 @pytest.mark.parametrize("batch", [64, 256, 1024, 4096])
 @pytest.mark.parametrize("impl", IMPLS)
-def test_sampling_throughput(benchmark, world_model, impl, batch):
+def test_sampling_throughput(benchmark, world_model, compiled_model, impl, batch):
     skip_large_batch_on_cpu(batch)
     g = torch.Generator(device=DEVICE)
     s0 = torch.rand(batch, OBS_DIM, device=DEVICE) * 2 - 1
     a0 = torch.rand(batch, ACT_DIM, device=DEVICE) * 2 - 1
     ret = torch.full((batch,), 0.9, device=DEVICE)
     cfg = SamplingConfig(batch_size=batch)
-    model = compiled_copy(world_model) if impl == "compile" else world_model
+    model = compiled_model if impl == "compile" else world_model
     backend = "fast" if impl == "fast" else "reference"
 
     def sample():
