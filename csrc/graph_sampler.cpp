@@ -20,10 +20,10 @@
 #include <c10/core/GradMode.h>
 #include <pybind11/stl.h>
 
-#include <iomanip>
-#include <sstream>
+#include <string>
 
 #include "ops.h"
+#include "text.h"
 
 #ifdef DAWM_FAST_WITH_CUDA
 #include <ATen/cuda/CUDAGraph.h>
@@ -39,16 +39,6 @@ namespace dawm_fast {
 namespace {
 
 constexpr const char* kSample = "GraphSampler.sample";
-
-std::string shape_str(at::IntArrayRef sizes) {
-  std::ostringstream s;
-  s << "[";
-  for (size_t i = 0; i < sizes.size(); ++i) {
-    s << (i ? ", " : "") << sizes[i];
-  }
-  s << "]";
-  return s.str();
-}
 
 void check_input(const char* name, const at::Tensor& t, const at::Tensor& s0,
                  std::vector<int64_t> shape, const char* shape_doc) {
@@ -88,12 +78,12 @@ void check_sample_args(const at::Tensor& s0, const at::Tensor& a0, const at::Ten
   const int64_t n = static_cast<int64_t>(spec.timesteps.size());
   TORCH_CHECK(n >= 1, kSample, ": timesteps must list at least one DDIM step");
   TORCH_CHECK(static_cast<int64_t>(spec.coefs.size()) == n, kSample, ": coefs must have one entry"
-              " per timestep (", n, "), got ", spec.coefs.size());
+              " per timestep (", num(n), "), got ", num(spec.coefs.size()));
   if (step_noise.has_value()) {
     check_input("step_noise", *step_noise, s0, {n, b, t, c}, "[N, B, T, C]");
   }
   if (spec.clip.has_value()) {
-    TORCH_CHECK(*spec.clip >= 0.0, kSample, ": clip must be >= 0, got ", *spec.clip);
+    TORCH_CHECK(*spec.clip >= 0.0, kSample, ": clip must be >= 0, got ", num(*spec.clip));
   }
 }
 
@@ -202,24 +192,24 @@ namespace {
 // two keys are equal only when every constant is bit-identical.
 std::string graph_key(const at::Tensor& s0, const at::Tensor& a0, const at::Tensor& noise,
                       bool has_step_noise, const LoopSpec& spec, const std::string& tag) {
-  std::ostringstream k;
-  k << "B=" << s0.size(0) << " T=" << noise.size(1) << " C=" << noise.size(2)
-    << " obs_dim=" << s0.size(1) << " act_dim=" << a0.size(1)
-    << " steps=" << spec.timesteps.size() << " dtype=" << s0.scalar_type()
-    << " device=" << s0.device() << " eta_noise=" << (has_step_noise ? 1 : 0) << " tag=" << tag
-    << std::hexfloat << " w=" << spec.w << " temperature=" << spec.temperature << " clip=";
-  if (spec.clip.has_value()) {
-    k << *spec.clip;
-  } else {
-    k << "none";
-  }
+  // Plain string building (text.h says why no ostream).
+  std::string k = "B=" + num(s0.size(0)) + " T=" + num(noise.size(1)) +
+                  " C=" + num(noise.size(2)) + " obs_dim=" + num(s0.size(1)) +
+                  " act_dim=" + num(a0.size(1)) + " steps=" + num(spec.timesteps.size()) +
+                  " dtype=" + c10::toString(s0.scalar_type()) + " device=" + s0.device().str() +
+                  " eta_noise=" + (has_step_noise ? "1" : "0") + " tag=" + tag +
+                  " w=" + hexfloat(spec.w) + " temperature=" + hexfloat(spec.temperature) +
+                  " clip=" + (spec.clip.has_value() ? hexfloat(*spec.clip) : "none");
   for (size_t i = 0; i < spec.timesteps.size(); ++i) {
     const StepCoefs& c = spec.coefs[i];
-    k << " | t=" << spec.timesteps[i] << " " << c.sqrt_recip_alpha << " "
-      << c.sqrt_recipm1_alpha << " " << c.sqrt_alpha << " " << c.recip_sqrt_one_minus_alpha << " "
-      << c.sqrt_alpha_prev << " " << c.dir_coef << " " << c.sigma;
+    for (const double v : {static_cast<double>(spec.timesteps[i]), c.sqrt_recip_alpha,
+                           c.sqrt_recipm1_alpha, c.sqrt_alpha, c.recip_sqrt_one_minus_alpha,
+                           c.sqrt_alpha_prev, c.dir_coef, c.sigma}) {
+      k += " " + hexfloat(v);
+    }
+    k += " |";
   }
-  return k.str();
+  return k;
 }
 
 // After a failure inside the capture: end it so the stream and the caching allocator leave
@@ -332,7 +322,7 @@ at::Tensor GraphSampler::sample_graph(const py::object&, const at::Tensor&, cons
 #endif  // DAWM_FAST_WITH_CUDA
 
 GraphSampler::GraphSampler(int64_t max_graphs) : max_graphs_(max_graphs) {
-  TORCH_CHECK_VALUE(max_graphs >= 1, "GraphSampler: max_graphs must be >= 1, got ", max_graphs);
+  TORCH_CHECK_VALUE(max_graphs >= 1, "GraphSampler: max_graphs must be >= 1, got ", dawm_fast::num(max_graphs));
 }
 
 GraphSampler::~GraphSampler() = default;
@@ -396,9 +386,9 @@ dawm_fast::LoopSpec make_spec(const std::vector<int64_t>& timesteps,
   spec.coefs.reserve(coefs.size());
   for (size_t i = 0; i < coefs.size(); ++i) {
     const auto& c = coefs[i];
-    TORCH_CHECK(c.size() == 7, "GraphSampler.sample: coefs[", i, "] must hold 7 floats "
+    TORCH_CHECK(c.size() == 7, "GraphSampler.sample: coefs[", dawm_fast::num(i), "] must hold 7 floats "
                 "(sqrt_recip_alpha, sqrt_recipm1_alpha, sqrt_alpha, recip_sqrt_one_minus_alpha, "
-                "sqrt_alpha_prev, dir_coef, sigma), got ", c.size());
+                "sqrt_alpha_prev, dir_coef, sigma), got ", dawm_fast::num(c.size()));
     spec.coefs.push_back({c[0], c[1], c[2], c[3], c[4], c[5], c[6]});
   }
   return spec;

@@ -15,12 +15,11 @@
 // which rounds exactly like the reference's `temperature * randn(...)`.
 
 #include "ops.h"
+#include "text.h"
 
 #include <ATen/core/dispatch/Dispatcher.h>
-#include <c10/util/irange.h>
 #include <torch/library.h>
 
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -29,15 +28,6 @@ namespace ops {
 namespace detail {
 namespace {
 
-std::string shape_str(at::IntArrayRef sizes) {
-  std::ostringstream s;
-  s << "[";
-  for (const auto i : c10::irange(sizes.size())) {
-    s << (i ? ", " : "") << sizes[i];
-  }
-  s << "]";
-  return s.str();
-}
 
 // dtype and device of one tensor argument.
 void check_tensor(const char* op, const char* name, const at::Tensor& t, const at::Tensor& x) {
@@ -65,16 +55,17 @@ WindowDims check_window(const char* op, const char* x_name, const at::Tensor& x,
   check_tensor(op, "s0", s0, x);
   check_tensor(op, "a0", a0, x);
   const int64_t b = x.size(0);
-  TORCH_CHECK(s0.dim() == 2 && s0.size(0) == b, op, ": s0 must be [B, obs_dim] with B = ", b,
-              " (", x_name, ".size(0)), got shape ", shape_str(s0.sizes()));
-  TORCH_CHECK(a0.dim() == 2 && a0.size(0) == b, op, ": a0 must be [B, act_dim] with B = ", b,
-              " (", x_name, ".size(0)), got shape ", shape_str(a0.sizes()));
+  TORCH_CHECK(s0.dim() == 2 && s0.size(0) == b, op, ": s0 must be [B, obs_dim] with B = ",
+              num(b), " (", x_name, ".size(0)), got shape ", shape_str(s0.sizes()));
+  TORCH_CHECK(a0.dim() == 2 && a0.size(0) == b, op, ": a0 must be [B, act_dim] with B = ",
+              num(b), " (", x_name, ".size(0)), got shape ", shape_str(a0.sizes()));
   check_contiguous(op, "s0", s0);
   check_contiguous(op, "a0", a0);
   const int64_t c = x.size(2);
   TORCH_CHECK(s0.size(1) + a0.size(1) + 1 == c, op,
               ": the window layout [s, a, r] needs obs_dim + act_dim + 1 == C; s0 gives obs_dim = ",
-              s0.size(1), ", a0 gives act_dim = ", a0.size(1), ", ", x_name, " has C = ", c);
+              num(s0.size(1)), ", a0 gives act_dim = ", num(a0.size(1)), ", ", x_name, " has C = ",
+              num(c));
   return WindowDims{b, x.size(1), c, s0.size(1), a0.size(1)};
 }
 
@@ -90,8 +81,8 @@ WindowDims check_ddim_guided_update(const at::Tensor& eps2, const at::Tensor& x,
   // eps2 may have any strides (see Eps2Strides); only its shape is fixed.
   TORCH_CHECK(eps2.dim() == 3 && eps2.size(0) == 2 * d.B && eps2.size(1) == d.T &&
                   eps2.size(2) == d.C,
-              op, ": eps2 must be [2B, T, C] = [", 2 * d.B, ", ", d.T, ", ", d.C,
-              "] (conditional rows first, then unconditional), got shape ",
+              op, ": eps2 must be [2B, T, C] = ", shape_str({2 * d.B, d.T, d.C}),
+              " (conditional rows first, then unconditional), got shape ",
               shape_str(eps2.sizes()));
   if (noise.has_value()) {
     check_tensor(op, "noise", *noise, x);
@@ -101,7 +92,7 @@ WindowDims check_ddim_guided_update(const at::Tensor& eps2, const at::Tensor& x,
   }
   if (clip.has_value()) {
     TORCH_CHECK(*clip >= 0.0, op, ": clip must be >= 0 (x0 is clamped to [-clip, clip]), got ",
-                *clip);
+                num(*clip));
   }
   return d;
 }

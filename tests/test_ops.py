@@ -398,3 +398,19 @@ def test_failed_capture_leaves_cuda_usable(ops, cuda_model):
     got = _cuda_run(cuda_model, 2, 0, cfg, use_cuda_graph=True, sampler=sampler)
     torch.testing.assert_close(got, _cuda_run(cuda_model, 2, 0, cfg, use_cuda_graph=False),
                                **LOOP_TOL)
+
+
+def test_error_messages_print_numbers(ops):
+    """Numbers in messages come out as text (shape, float). On the GPU image, numbers formatted
+    through std::ostream inside the extension segfaulted (csrc/text.h); this runs there too."""
+    a = _good_args()
+    with pytest.raises(RuntimeError, match=r"eps2 must be \[2B, T, C\] = \[6, 8, 6\].*got shape "
+                                           r"\[3, 8, 6\]"):
+        ops.ddim_guided_update(a["eps2"][:3], a["x"], a["s0"], a["a0"], guidance_weight=1.0,
+                               sqrt_recip_alpha=1.0, sqrt_recipm1_alpha=0.1, sqrt_alpha=1.0,
+                               recip_sqrt_one_minus_alpha=1.0, sqrt_alpha_prev=1.0, dir_coef=0.0)
+    with pytest.raises(RuntimeError, match=r"clip must be >= 0 .*got -1\.5"):
+        ops.ddim_guided_update(a["eps2"], a["x"], a["s0"], a["a0"], guidance_weight=1.0,
+                               sqrt_recip_alpha=1.0, sqrt_recipm1_alpha=0.1, sqrt_alpha=1.0,
+                               recip_sqrt_one_minus_alpha=1.0, sqrt_alpha_prev=1.0, dir_coef=0.0,
+                               clip=-1.5)

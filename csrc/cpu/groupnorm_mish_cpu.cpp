@@ -18,9 +18,10 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <sstream>
 #include <string>
 #include <vector>
+
+#include "../text.h"
 
 namespace dawm_fast {
 namespace ops {
@@ -29,16 +30,6 @@ namespace {
 constexpr const char* kOp = "groupnorm_mish";
 // Elements per parallel task: enough that at::parallel_for's overhead stays small.
 constexpr int64_t kGrainElements = 16384;
-
-std::string shape_str(at::IntArrayRef sizes) {
-  std::ostringstream s;
-  s << "[";
-  for (size_t i = 0; i < sizes.size(); ++i) {
-    s << (i ? ", " : "") << sizes[i];
-  }
-  s << "]";
-  return s.str();
-}
 
 void check_float_cpu_contig(const char* name, const at::Tensor& t) {
   TORCH_CHECK(t.defined(), kOp, ": ", name, " is an undefined tensor");
@@ -201,22 +192,22 @@ at::Tensor groupnorm_mish_cpu(const at::Tensor& conv_out, const at::Tensor& bias
   TORCH_CHECK(conv_out.dim() == 3, kOp, ": conv_out must be [B, C, T], got shape ",
               shape_str(conv_out.sizes()));
   const int64_t B = conv_out.size(0), C = conv_out.size(1), T = conv_out.size(2);
-  TORCH_CHECK(num_groups > 0, kOp, ": num_groups must be positive, got ", num_groups);
-  TORCH_CHECK(C % num_groups == 0, kOp, ": channels C = ", C,
-              " (conv_out.size(1)) must be divisible by num_groups = ", num_groups);
-  TORCH_CHECK(eps >= 0.0, kOp, ": eps must be >= 0, got ", eps);
+  TORCH_CHECK(num_groups > 0, kOp, ": num_groups must be positive, got ", num(num_groups));
+  TORCH_CHECK(C % num_groups == 0, kOp, ": channels C = ", num(C),
+              " (conv_out.size(1)) must be divisible by num_groups = ", num(num_groups));
+  TORCH_CHECK(eps >= 0.0, kOp, ": eps must be >= 0, got ", num(eps));
   const char* vec_names[3] = {"bias", "gamma", "beta"};
   const at::Tensor* vecs[3] = {&bias, &gamma, &beta};
   for (int i = 0; i < 3; ++i) {
     check_float_cpu_contig(vec_names[i], *vecs[i]);
     TORCH_CHECK(vecs[i]->dim() == 1 && vecs[i]->size(0) == C, kOp, ": ", vec_names[i],
-                " must be [C] with C = ", C, " (conv_out.size(1)), got shape ",
+                " must be [C] with C = ", num(C), " (conv_out.size(1)), got shape ",
                 shape_str(vecs[i]->sizes()));
   }
   if (emb_add.has_value()) {
     check_float_cpu_contig("emb_add", *emb_add);
     TORCH_CHECK(emb_add->dim() == 2 && emb_add->size(0) == B && emb_add->size(1) == C, kOp,
-                ": emb_add must be [B, C] = [", B, ", ", C, "], got shape ",
+                ": emb_add must be [B, C] = ", shape_str({B, C}), ", got shape ",
                 shape_str(emb_add->sizes()));
   }
   if (residual.has_value()) {

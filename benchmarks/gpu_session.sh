@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# One GPU session in one command: build the extension against the machine's torch, run the GPU
+# tests, run the benchmarks, summarize. Each stage has its own time limit so a slow one cannot eat
+# the others' results; logs and the benchmark JSON go to $OUT (default ./gpu_out).
+#
+#   bash benchmarks/gpu_session.sh [install] [tests=<pytest args>] [bench=<pytest args>]
+#
+# e.g. bash benchmarks/gpu_session.sh install "tests=tests/test_ops.py" \
+#        "bench=benchmarks/test_sampling.py"
+set -u
+OUT=${OUT:-gpu_out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 MAX_JOBS=${MAX_JOBS:-16}
+STAGE_LIMIT=${STAGE_LIMIT:-300}
+PY=${PY:-python3}
+
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv,noheader || true
+$PY -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"
+
+n=0
+for arg in "$@"; do
+  n=$((n + 1))
+  stage=${arg%%=*}
+  rest=${arg#*=}
+  [ "$rest" = "$arg" ] && rest=""
+  start=$(date +%s)
+  case $stage in
+    install)
+      timeout "$STAGE_LIMIT" $PY -m pip install -q --no-build-isolation --no-deps -e . \
+        > "$OUT/install.log" 2>&1
+      rc=$?; tail -5 "$OUT/install.log"
+      $PY -c "import dawm_fast.ops as o; e = o.load_extension(); print('extension:', e.__name__, 'cuda:', e.with_cuda())"
+      ;;
+    tests)
+      timeout "$STAGE_LIMIT" $PY -m pytest -q -p no:cacheprovider -rs $rest \
+        > "$OUT/tests$n.log" 2>&1
+      rc=$?; tail -25 "$OUT/tests$n.log"
+      ;;
+    bench)
+      timeout "$STAGE_LIMIT" $PY -m pytest -q -p no:cacheprovider --benchmark-only \
+        --benchmark-json="$OUT/bench$n.json" --benchmark-columns=mean,median,stddev,rounds $rest \
+        > "$OUT/bench$n.log" 2>&1
+      rc=$?; grep -E "passed|failed|rror" "$OUT/bench$n.log" | tail -8
+      [ -s "$OUT/bench$n.json" ] && $PY benchmarks/summarize.py "$OUT/bench$n.json" | tee "$OUT/summary$n.md"
+      ;;
+    *) echo "unknown stage $stage"; rc=2 ;;
+  esac
+  echo "== stage $stage rc=$rc in $(( $(date +%s) - start )) s"
+done
