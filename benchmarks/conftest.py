@@ -17,6 +17,11 @@ OBS_DIM, ACT_DIM = 17, 6          # walker2d
 GPU = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if GPU else "cpu")
 CPU_ONLY_BATCHES = (64, 256)      # larger batches take minutes per round on 2 CPU cores
+if GPU:
+    # Every implementation on a GPU runs with TF32 matmuls/convolutions (what a user would turn
+    # on for speed); the parity tests compare in strict fp32 instead.
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
 
 
 def unet_config() -> TemporalUNetConfig:
@@ -32,9 +37,6 @@ def device_name() -> str:
 @pytest.fixture(scope="session")
 def world_model() -> DiffusionWorldModel:
     torch.manual_seed(0)
-    if GPU:
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
     return DiffusionWorldModel(OBS_DIM, ACT_DIM, WorldModelConfig(unet=unet_config())).to(
         DEVICE).eval()
 

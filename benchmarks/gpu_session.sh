@@ -5,8 +5,8 @@
 #
 #   bash benchmarks/gpu_session.sh [install] [tests=<pytest args>] [bench=<pytest args>]
 #
-# e.g. bash benchmarks/gpu_session.sh install "tests=tests/test_ops.py" \
-#        "bench=benchmarks/test_sampling.py"
+# e.g. bash benchmarks/gpu_session.sh install@120 "tests=tests/test_ops.py" \
+#        "bench@90=benchmarks/test_sampling.py"      (stage@seconds sets that stage's limit)
 set -u
 OUT=${OUT:-gpu_out}
 mkdir -p "$OUT"
@@ -23,25 +23,27 @@ for arg in "$@"; do
   stage=${arg%%=*}
   rest=${arg#*=}
   [ "$rest" = "$arg" ] && rest=""
+  limit=$STAGE_LIMIT
+  case $stage in *@*) limit=${stage#*@}; stage=${stage%@*} ;; esac
   start=$(date +%s)
   case $stage in
     install)
-      timeout "$STAGE_LIMIT" $PY -m pip install -q --no-build-isolation --no-deps -e . \
+      timeout "$limit" $PY -m pip install -q --no-build-isolation --no-deps -e . \
         > "$OUT/install.log" 2>&1
       rc=$?; tail -5 "$OUT/install.log"
       $PY -c "import dawm_fast.ops as o; e = o.load_extension(); print('extension:', e.__name__, 'cuda:', e.with_cuda())"
       ;;
     tests)
-      timeout "$STAGE_LIMIT" $PY -m pytest -q -p no:cacheprovider -rs $rest \
+      eval timeout "$limit" $PY -m pytest -q -p no:cacheprovider -rs $rest \
         > "$OUT/tests$n.log" 2>&1
       rc=$?; tail -25 "$OUT/tests$n.log"
       ;;
     bench)
-      timeout "$STAGE_LIMIT" $PY -m pytest -q -p no:cacheprovider --benchmark-only \
+      eval timeout "$limit" $PY -m pytest -q -p no:cacheprovider --benchmark-only \
         --benchmark-json="$OUT/bench$n.json" --benchmark-columns=mean,median,stddev,rounds $rest \
         > "$OUT/bench$n.log" 2>&1
       rc=$?; grep -E "passed|failed|rror" "$OUT/bench$n.log" | tail -8
-      [ -s "$OUT/bench$n.json" ] && $PY benchmarks/summarize.py "$OUT/bench$n.json" | tee "$OUT/summary$n.md"
+      [ -s "$OUT/bench$n.json" ] && $PY benchmarks/summarize.py "$OUT/bench$n.json"
       ;;
     *) echo "unknown stage $stage"; rc=2 ;;
   esac

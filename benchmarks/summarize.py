@@ -19,7 +19,9 @@ def main(path: str) -> None:
         size = info.get("batch", info.get("rows", ""))
         if "algo" in info:
             name = f"{name} ({info['algo']})"
-        rows[(name, size)][info.get("impl", "reference")] = (b["stats"]["mean"], info)
+        # Per item: an RL benchmark call runs several updates.
+        mean = b["stats"]["mean"] / info.get("updates_per_call", 1)
+        rows[(name, size)][info.get("impl", "reference")] = (mean, info)
     device = next(iter(data["benchmarks"]))["extra_info"].get("device", "?")
     print(f"Device: {device}; torch {data['benchmarks'][0]['extra_info'].get('torch')}; "
           f"{data['datetime'][:10]}\n")

@@ -5,10 +5,13 @@ import pytest
 import torch
 
 from conftest import DEVICE, OBS_DIM, ACT_DIM, GPU, record, sync
-from dawm_fast.rl.buffer import Transitions
+from dawm_fast.rl.buffer import FIELDS, MixedSampler, Transitions
+from dawm_fast.rl.fast_updates import FastIQL, FastTD3BC
 from dawm_fast.rl.iql import IQL
 from dawm_fast.rl.td3bc import TD3BC
 from dawm_fast.world_model import (DiffusionWorldModel, WorldModelConfig, WorldModelTrainer)
+from dawm_fast.world_model.fast_training import FastWorldModelTrainer
+from dawm_fast.world_model.training import WindowBatcher
 from dawm_fast.world_model.fused_unet import fused_unet_forward
 from conftest import unet_config
 
@@ -39,45 +42,81 @@ def test_unet_forward(benchmark, world_model, compiled_model, impl):
     record(benchmark, impl=impl, rows=b)
 
 
+def _skip_compiled_training_on_cpu(impl: str) -> None:
+    if impl == "compile" and not GPU:
+        pytest.skip("torch.compile of a training step is GPU-only here: its backward and optimizer "
+                    "take minutes of C++ compilation on 2 CPU cores")
+
+
 @pytest.mark.parametrize("batch", [64, 256])
-def test_world_model_training_step(benchmark, batch):
-    """Reference eager step (forward, backward, Adam, EMA); the fast training path is [7]."""
+@pytest.mark.parametrize("impl", ["reference", "fast", "compile"])
+def test_world_model_training_step(benchmark, impl, batch):
+    """One step (batch draw on the device, forward, backward, Adam; EMA every 10th step):
+    reference = eager WorldModelTrainer, fast = FastWorldModelTrainer (one CUDA graph per step on
+    a GPU), compile = the reference trainer around torch.compile(unet)."""
+    _skip_compiled_training_on_cpu(impl)
     torch.manual_seed(0)
     model = DiffusionWorldModel(OBS_DIM, ACT_DIM, WorldModelConfig(unet=unet_config())).to(DEVICE)
-    trainer = WorldModelTrainer(model)
-    x0 = torch.rand(batch, model.horizon, model.transition_dim, device=DEVICE) * 2 - 1
-    ret = torch.rand(batch, device=DEVICE)
-    act = torch.rand(batch, ACT_DIM, device=DEVICE) * 2 - 1
+    if impl == "fast":
+        trainer = FastWorldModelTrainer(model)
+    else:
+        trainer = WorldModelTrainer(model)
+        if impl == "compile":
+            model.unet = torch.compile(model.unet)
+    n = 4096
+    gen = torch.Generator(device=DEVICE).manual_seed(0)
+    batcher = WindowBatcher(torch.rand(n, model.horizon, model.transition_dim, device=DEVICE) * 2 - 1,
+                            torch.rand(n, device=DEVICE),
+                            torch.rand(n, ACT_DIM, device=DEVICE) * 2 - 1, batch, gen)
 
     def step():
-        out = trainer.train_step((x0, ret, act))
+        out = trainer.train_step(batcher)
         sync()
         return out
 
-    benchmark.pedantic(step, rounds=10 if GPU else 5, iterations=1, warmup_rounds=1)
-    record(benchmark, impl="reference", batch=batch)
+    benchmark.pedantic(step, rounds=20 if GPU else 5, iterations=1,
+                       warmup_rounds=3 if GPU else 1)
+    record(benchmark, impl=impl, batch=batch)
 
 
-def _batch(n=256):
+def _rl_sampler(n: int = 100_000) -> MixedSampler:
     g = torch.Generator().manual_seed(0)
-    return Transitions.from_numpy(torch.randn(n, OBS_DIM, generator=g).numpy(),
-                                  torch.rand(n, ACT_DIM, generator=g).numpy() * 2 - 1,
-                                  torch.randn(n, generator=g).numpy(),
-                                  torch.randn(n, OBS_DIM, generator=g).numpy(),
-                                  torch.zeros(n).numpy()).to(DEVICE)
+    data = Transitions(torch.randn(n, OBS_DIM, generator=g), torch.rand(n, ACT_DIM, generator=g) * 2 - 1,
+                       torch.randn(n, generator=g), torch.randn(n, OBS_DIM, generator=g),
+                       torch.zeros(n)).to(DEVICE)
+    half = n // 2
+    real = Transitions(*(getattr(data, f)[:half] for f in FIELDS))
+    syn = Transitions(*(getattr(data, f)[half:] for f in FIELDS))
+    return MixedSampler(real, syn, 0.5, 256, torch.Generator(device=DEVICE).manual_seed(1))
 
 
+@pytest.mark.parametrize("impl", ["reference", "fast", "compile"])
 @pytest.mark.parametrize("algo", ["td3bc", "iql"])
-def test_rl_update(benchmark, algo):
-    """One update at batch 256 (TD3+BC: the average over its critic/actor cadence)."""
-    agent = TD3BC(OBS_DIM, ACT_DIM, device=DEVICE) if algo == "td3bc" else \
-        IQL(OBS_DIM, ACT_DIM, device=DEVICE)
-    batch = _batch()
+def test_rl_update(benchmark, algo, impl):
+    """Updates at batch 256 with the batch drawn from a device-resident MixedSampler (half real,
+    half synthetic); timed per TD3+BC cadence of 2 updates (critic, critic + actor + targets),
+    reported per update. compile = torch.compile of the reference update."""
+    _skip_compiled_training_on_cpu(impl)
+    classes = {"td3bc": (TD3BC, FastTD3BC), "iql": (IQL, FastIQL)}[algo]
+    agent = (classes[1] if impl == "fast" else classes[0])(OBS_DIM, ACT_DIM, device=DEVICE)
+    sampler = _rl_sampler()
+    per_call = 2
+    if impl == "fast":
+        def updates():
+            done = 0
+            while done < per_call:
+                done += agent.update_from(sampler)[1]
+    else:
+        update = torch.compile(agent.update) if impl == "compile" else agent.update
 
-    def update():
-        out = agent.update(batch)
+        def updates():
+            for _ in range(per_call):
+                update(sampler.sample())
+
+    def run():
+        updates()
         sync()
-        return out
 
-    benchmark.pedantic(update, rounds=50 if GPU else 20, iterations=2, warmup_rounds=2)
-    record(benchmark, impl="reference", algo=algo, batch=256)
+    benchmark.pedantic(run, rounds=50 if GPU else 10, iterations=1,
+                       warmup_rounds=3 if GPU else 1)
+    record(benchmark, impl=impl, algo=algo, batch=256, updates_per_call=per_call)

@@ -137,7 +137,6 @@ class IQL:
         self.actor_optimizer.zero_grad(set_to_none=True)
         actor_loss.backward()
         self.actor_optimizer.step()
-        self.actor_lr_schedule.step()
         log["actor_loss"] = actor_loss.detach()
         log["adv_weight_mean"] = weights.mean()
 
@@ -145,6 +144,13 @@ class IQL:
         """One IQL step. Returns detached 0-dim tensors (no device sync here; call float() when
         logging): v_loss, v_mean, q_loss, q_mean, actor_loss, adv_weight_mean."""
         self.total_it += 1
+        log = self._update_networks(batch)
+        self.actor_lr_schedule.step()
+        return log
+
+    def _update_networks(self, batch: Transitions) -> dict[str, torch.Tensor]:
+        """V, then Q (+ target), then the policy: everything of one update but the LR schedule
+        (host arithmetic, which the fast path keeps out of its CUDA graph)."""
         log: dict = {}
         with torch.no_grad():
             next_v = self.vf(batch.next_observations)          # [B], V before this step's update

@@ -73,7 +73,9 @@ class GaussianActor(nn.Module):
     def forward(self, obs: torch.Tensor) -> torch.distributions.Normal:
         mean = torch.tanh(self.net(obs)) * self.max_action                   # [B, act]
         std = self.log_std.clamp(self.LOG_STD_MIN, self.LOG_STD_MAX).exp()    # [act]
-        return torch.distributions.Normal(mean, std)
+        # No argument validation: it syncs with the host (an .all() per call), which a CUDA graph
+        # cannot capture; a NaN shows up in the training loop's loss check instead.
+        return torch.distributions.Normal(mean, std, validate_args=False)
 
     def mean_action(self, obs: torch.Tensor) -> torch.Tensor:
         """The deterministic evaluation action (the distribution's mean)."""

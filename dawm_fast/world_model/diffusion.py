@@ -71,12 +71,13 @@ class DiffusionWorldModel(nn.Module):
         return x
 
     def loss(self, x0: torch.Tensor, returns: torch.Tensor, actions: torch.Tensor,
-             generator: torch.Generator | None = None) -> torch.Tensor:
+             generator: torch.Generator | None = None, forward=None) -> torch.Tensor:
         """DDPM eps-prediction loss, masked to the modelled channels.
 
         x0 [B, T, C] normalized windows, returns [B] normalized g, actions [B, act_dim] = a_t.
         Random draws, in order, all from ``generator``: t [B], noise [B, T, C], then the
-        return-keep mask [B].
+        return-keep mask [B]. ``forward(x_t, t, returns, actions, keep)`` computes eps; default
+        ``self.unet`` (the fast trainer passes the fused U-Net forward: same function).
         """
         b = x0.shape[0]
         dev = x0.device
@@ -87,7 +88,7 @@ class DiffusionWorldModel(nn.Module):
                                           dtype=x0.dtype), generator=generator)  # [B] 1 = use g
         x_t = self.scheduler.add_noise(x0, noise, t)
         x_t = self.conditioning(x_t, x0[:, 0, :self.obs_dim], actions)
-        eps = self.unet(x_t, t, returns, actions, keep)                      # [B, T, C]
+        eps = (forward or self.unet)(x_t, t, returns, actions, keep)         # [B, T, C]
         mask = self.loss_mask.to(eps.dtype)
         sq = (eps - noise) ** 2 * mask
         return sq.sum() / (mask.sum() * b)
@@ -112,13 +113,16 @@ class EMA:
         """Call after optimizer step number ``step`` (1-based)."""
         if step % self.cfg.update_every:
             return
+        # foreach: one launch per op for all tensors (the same arithmetic as per-tensor lerp_/copy_;
+        # on a GPU ~150 launches fewer per update).
+        params, ema_params = list(model.parameters()), list(self.model.parameters())
         if step < self.cfg.start_step:
-            self.model.load_state_dict(model.state_dict())
-            return
-        for p_ema, p in zip(self.model.parameters(), model.parameters()):
-            p_ema.lerp_(p.detach(), 1.0 - self.cfg.decay)
-        for b_ema, b in zip(self.model.buffers(), model.buffers()):
-            b_ema.copy_(b)
+            torch._foreach_copy_(ema_params, params)
+        else:
+            torch._foreach_lerp_(ema_params, params, 1.0 - self.cfg.decay)
+        buffers = list(model.buffers())
+        if buffers:
+            torch._foreach_copy_(list(self.model.buffers()), buffers)
 
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict()}

@@ -97,11 +97,20 @@ class DDIMScheduler:
     # ---- training -------------------------------------------------------------------------
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """q(x_t | x0), eq. (4): x_t = sqrt(alpha_t) x0 + sqrt(1 - alpha_t) noise. t: [B] long."""
-        a = self.alphas_cumprod.to(x0.device)[t]                        # [B] float64
+        a = self._alphas_cumprod_on(x0.device)[t]                        # [B] float64
         shape = (-1,) + (1,) * (x0.dim() - 1)
         sqrt_a = a.sqrt().to(x0.dtype).reshape(shape)
         sqrt_1ma = (1 - a).sqrt().to(x0.dtype).reshape(shape)
         return sqrt_a * x0 + sqrt_1ma * noise
+
+    def _alphas_cumprod_on(self, device: torch.device) -> torch.Tensor:
+        """alphas_cumprod on ``device``, copied once: a host-to-device copy per training step would
+        cost a sync and cannot be captured in a CUDA graph."""
+        cache = self.__dict__.setdefault("_alphas_cumprod_by_device", {})
+        key = str(device)
+        if key not in cache:
+            cache[key] = self.alphas_cumprod.to(device)
+        return cache[key]
 
     # ---- sampling -------------------------------------------------------------------------
     def set_timesteps(self, n_sampling_steps: int) -> list[int]:

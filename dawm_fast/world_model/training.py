@@ -18,8 +18,36 @@ class WorldModelTrainerConfig:
     ema: EMAConfig = field(default_factory=EMAConfig)   # EMA decay / cadence / warm-up
 
 
+class WindowBatcher:
+    """Training windows held on the device and the generator that draws each batch from them.
+
+    ``draw()`` = one ``randint`` of B indices from ``generator`` plus three gathers, all on the
+    device: no host sync, so the fast trainer captures it inside its step graph.
+    """
+
+    def __init__(self, x0: torch.Tensor, returns: torch.Tensor, actions: torch.Tensor,
+                 batch_size: int, generator: torch.Generator):
+        if not (len(x0) == len(returns) == len(actions)) or len(x0) == 0:
+            raise ValueError(f"need the same non-zero number of windows, returns and actions; got "
+                             f"{len(x0)}, {len(returns)}, {len(actions)}")
+        if generator.device.type != x0.device.type:
+            raise ValueError(f"generator is on {generator.device} but the windows are on "
+                             f"{x0.device}")
+        self.x0, self.returns, self.actions = x0, returns, actions
+        self.batch_size = int(batch_size)
+        self.generator = generator
+
+    def draw(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        idx = torch.randint(len(self.x0), (self.batch_size,), generator=self.generator,
+                            device=self.x0.device)                                 # [B]
+        return self.x0[idx], self.returns[idx], self.actions[idx]
+
+
 def _unpack(batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Accept {"x0", "returns", "actions"} or a (x0, returns, actions) sequence."""
+    """Accept {"x0", "returns", "actions"}, a (x0, returns, actions) sequence or a
+    WindowBatcher (which draws the batch)."""
+    if isinstance(batch, WindowBatcher):
+        return batch.draw()
     if isinstance(batch, Mapping):
         return batch["x0"], batch["returns"], batch["actions"]
     if isinstance(batch, Sequence) and len(batch) == 3:
@@ -46,7 +74,8 @@ class WorldModelTrainer:
         self.step = 0                    # optimizer steps taken
 
     def train_step(self, batch) -> dict[str, float]:
-        """One Adam step on batch = (x0 [B, T, C], returns [B], actions [B, act_dim])."""
+        """One Adam step on batch = (x0 [B, T, C], returns [B], actions [B, act_dim]) or a
+        WindowBatcher to draw it from."""
         x0, returns, actions = (v.to(self.device) for v in _unpack(batch))
         self.model.train()
         loss = self.model.loss(x0, returns, actions, generator=self.generator)
