@@ -299,7 +299,9 @@ def test_fast_backend_without_triton_installed():
         "s0, a0, g = torch.rand(2, 3), torch.rand(2, 2), torch.rand(2)\n"
         "x = [sample_windows(m, s0, a0, g, SamplingConfig(), torch.Generator().manual_seed(1),"
         " backend=b) for b in ('reference', 'fast')]\n"
-        "torch.testing.assert_close(x[0], x[1], rtol=1e-5, atol=1e-5)\n"
+        # 1e-4: the CPU fast path's GEMM convolutions round differently from mkldnn's (seen:
+        # 1.5e-5 on the GPU machine's CPU)
+        "torch.testing.assert_close(x[0], x[1], rtol=1e-4, atol=1e-4)\n"
     )
     path = os.pathsep.join(p for p in (str(Path(__file__).resolve().parents[1]),
                                        os.environ.get("PYTHONPATH")) if p)

@@ -1,5 +1,7 @@
-"""Online TD3 (Fujimoto et al., 2018) on Gymnasium MuJoCo v5: trains the behaviour policies from
-which the embedded D4RL-recipe datasets are generated.
+"""Online TD3 (Fujimoto et al., 2018) or SAC (Haarnoja et al., 2018; ``--algo sac``) on Gymnasium
+MuJoCo v5: trains the behaviour policies from which the embedded D4RL-recipe datasets are
+generated. D4RL's own behaviour policies were SAC; both are here because on one CPU core either
+may plateau first (MACHINE-NOTES: SAC reached walker2d 3,937 at 300k steps, TD3 4,008 at 450k).
 
 Resumable: ``state.pt`` (networks, optimizers, counters, RNG states) and ``buffer.npy`` are written
 atomically every ``checkpoint_every`` steps; re-running with the same ``--workdir`` continues. If
@@ -31,14 +33,50 @@ import gymnasium as gym
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from dawm_fast.data.tasks import env_family
-from dawm_fast.rl.networks import DeterministicActor, TwinCritic, actor_to_numpy
+from dawm_fast.rl.networks import DeterministicActor, TwinCritic, actor_to_numpy, mlp
+
+
+class SquashedGaussianActor(nn.Module):
+    """SAC's policy: a ~ tanh(N(mu(s), exp(log_std(s)))) * max_action. ``forward`` is the
+    deterministic tanh(mu) action (evaluation, snapshots); ``sample`` draws with log-probability."""
+
+    LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: int = 256, max_action: float = 1.0):
+        super().__init__()
+        self.net = mlp(obs_dim, 2 * act_dim, hidden)
+        self.act_dim = act_dim
+        self.max_action = max_action
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.net(obs)[..., :self.act_dim]) * self.max_action
+
+    def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, log_std = self.net(obs).split(self.act_dim, dim=-1)
+        std = log_std.clamp(self.LOG_STD_MIN, self.LOG_STD_MAX).exp()
+        u = mu + std * torch.randn_like(mu)
+        # log N(u) - sum log(1 - tanh(u)^2), the latter in the stable softplus form
+        logp = (-0.5 * ((u - mu) / std) ** 2 - log_std.clamp(self.LOG_STD_MIN, self.LOG_STD_MAX)
+                - 0.5 * np.log(2 * np.pi)).sum(-1)
+        logp = logp - (2 * (np.log(2) - u - F.softplus(-2 * u))).sum(-1)
+        return torch.tanh(u) * self.max_action, logp
+
+    def to_numpy(self) -> dict:
+        """The deterministic policy in DeterministicActor's numpy layout (mu rows only)."""
+        out = actor_to_numpy(self)
+        last = max(int(k[1:]) for k in out if k.startswith("W"))
+        out[f"W{last}"] = out[f"W{last}"][:, :self.act_dim].copy()
+        out[f"b{last}"] = out[f"b{last}"][:self.act_dim].copy()
+        return out
 
 
 @dataclass
 class OnlineTD3Config:
     env: str = "walker2d"            # env family: walker2d | hopper | halfcheetah
+    algo: str = "td3"                # td3 | sac (sac: auto-tuned entropy, no exploration noise)
     total_steps: int = 1_000_000     # env steps at most
     start_steps: int = 25_000        # uniform-random actions before learning starts
     batch_size: int = 256
@@ -94,14 +132,21 @@ class OnlineTD3:
         fam = env_family(cfg.env)
         self.gym_id = fam.gym_id_v5
         self.obs_dim, self.act_dim = fam.obs_dim, fam.act_dim
+        if cfg.algo not in ("td3", "sac"):
+            raise SystemExit(f"--algo must be td3 or sac, got {cfg.algo!r}")
         torch.manual_seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)
-        self.actor = DeterministicActor(self.obs_dim, self.act_dim, cfg.hidden)
+        self.sac = cfg.algo == "sac"
+        actor_cls = SquashedGaussianActor if self.sac else DeterministicActor
+        self.actor = actor_cls(self.obs_dim, self.act_dim, cfg.hidden)
         self.critic = TwinCritic(self.obs_dim, self.act_dim, cfg.hidden)
         self.actor_target = copy.deepcopy(self.actor)
         self.critic_target = copy.deepcopy(self.critic)
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.lr)
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.lr)
+        # SAC's temperature, tuned towards an entropy of -act_dim.
+        self.log_alpha = torch.zeros(1, requires_grad=True)
+        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=cfg.lr)
         # buffer rows: obs | act | reward | next_obs | terminal
         self.width = 2 * self.obs_dim + self.act_dim + 2
         self.buffer = np.zeros((cfg.total_steps, self.width), np.float32)
@@ -118,6 +163,7 @@ class OnlineTD3:
             "actor_target": self.actor_target.state_dict(),
             "critic_target": self.critic_target.state_dict(),
             "actor_opt": self.actor_opt.state_dict(), "critic_opt": self.critic_opt.state_dict(),
+            "log_alpha": self.log_alpha.detach().clone(), "alpha_opt": self.alpha_opt.state_dict(),
             "size": self.size, "step": self.step, "updates": self.updates,
             "torch_rng": torch.get_rng_state(), "np_rng": self.rng.bit_generator.state,
         }
@@ -134,6 +180,10 @@ class OnlineTD3:
         for name in ("actor", "critic", "actor_target", "critic_target", "actor_opt",
                      "critic_opt"):
             getattr(self, name).load_state_dict(sd[name])
+        if "log_alpha" in sd:
+            with torch.no_grad():
+                self.log_alpha.copy_(sd["log_alpha"])
+            self.alpha_opt.load_state_dict(sd["alpha_opt"])
         self.step, self.updates = sd["step"], sd["updates"]
         torch.set_rng_state(sd["torch_rng"])
         self.rng.bit_generator.state = sd["np_rng"]
@@ -154,7 +204,10 @@ class OnlineTD3:
         if self.step < self.cfg.start_steps:
             return self.rng.uniform(-1, 1, self.act_dim).astype(np.float32)
         with torch.no_grad():
-            a = self.actor(torch.as_tensor(obs, dtype=torch.float32)[None])[0].numpy()
+            x = torch.as_tensor(obs, dtype=torch.float32)[None]
+            if self.sac:
+                return self.actor.sample(x)[0][0].numpy().astype(np.float32)
+            a = self.actor(x)[0].numpy()
         a = a + self.rng.normal(0, self.cfg.expl_noise, self.act_dim)
         return np.clip(a, -1, 1).astype(np.float32)
 
@@ -165,6 +218,9 @@ class OnlineTD3:
         o, d = self.obs_dim, self.act_dim
         obs, act, rew = b[:, :o], b[:, o:o + d], b[:, o + d]
         next_obs, term = b[:, o + d + 1:2 * o + d + 1], b[:, -1]
+        if self.sac:
+            self._update_sac(obs, act, rew, next_obs, term)
+            return
         with torch.no_grad():
             noise = (torch.randn_like(act) * cfg.policy_noise).clamp(-cfg.noise_clip,
                                                                      cfg.noise_clip)
@@ -188,13 +244,40 @@ class OnlineTD3:
                     for p, tp in zip(net.parameters(), tgt.parameters()):
                         tp.lerp_(p, cfg.tau)
 
+    def _update_sac(self, obs, act, rew, next_obs, term) -> None:
+        cfg = self.cfg
+        alpha = self.log_alpha.exp().detach()
+        with torch.no_grad():
+            next_act, next_logp = self.actor.sample(next_obs)
+            tq = torch.min(*self.critic_target(next_obs, next_act)) - alpha * next_logp
+            target = rew + cfg.gamma * (1 - term) * tq
+        q1, q2 = self.critic(obs, act)
+        critic_loss = F.mse_loss(q1, target) + F.mse_loss(q2, target)
+        self.critic_opt.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        self.critic_opt.step()
+        pi, logp = self.actor.sample(obs)
+        actor_loss = (alpha * logp - torch.min(*self.critic(obs, pi))).mean()
+        self.actor_opt.zero_grad(set_to_none=True)
+        actor_loss.backward(inputs=list(self.actor.parameters()))
+        self.actor_opt.step()
+        alpha_loss = -(self.log_alpha * (logp.detach() + self.act_dim * -1.0)).mean()
+        self.alpha_opt.zero_grad(set_to_none=True)
+        alpha_loss.backward()
+        self.alpha_opt.step()
+        with torch.no_grad():
+            for p, tp in zip(self.critic.parameters(), self.critic_target.parameters()):
+                tp.lerp_(p, cfg.tau)
+        self.updates += 1
+
     def snapshot(self) -> float:
         snap_dir = self.workdir / "snapshots"
         snap_dir.mkdir(exist_ok=True)
         # float16: snapshots are committed with a run that spans sessions (the export evaluates
         # them as stored, so the chosen policies are exactly what the datasets are made from)
         weights = {k: (np.asarray(v, np.float16) if k != "max_action" else v)
-                   for k, v in actor_to_numpy(self.actor).items()}
+                   for k, v in (self.actor.to_numpy() if self.sac
+                                else actor_to_numpy(self.actor)).items()}
         np.savez(snap_dir / f"actor_{self.step:07d}.npz", **weights)
         rets = evaluate_actor(self.actor, self.gym_id, self.cfg.eval_episodes,
                               seed=10_000 + self.step)
@@ -212,7 +295,7 @@ class OnlineTD3:
         torch.set_num_threads(cfg.threads)
         resumed = self.try_resume()
         (self.workdir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
-        print(f"[td3] env {self.gym_id} seed {cfg.seed} {'resumed at step ' + str(self.step) if resumed else 'fresh'}",
+        print(f"[{cfg.algo}] env {self.gym_id} seed {cfg.seed} {'resumed at step ' + str(self.step) if resumed else 'fresh'}",
               flush=True)
         env = gym.make(self.gym_id)
         obs, _ = env.reset(seed=cfg.seed + self.step)
@@ -240,16 +323,16 @@ class OnlineTD3:
                 mean_ret = self.snapshot()
                 rate = (self.step - s_rate) / (time.time() - t_rate)
                 eta = (cfg.total_steps - self.step) / max(rate, 1e-9) / 60
-                print(f"[td3] step {self.step:>7d}  eval return {mean_ret:8.1f}  "
+                print(f"[{cfg.algo}] step {self.step:>7d}  eval return {mean_ret:8.1f}  "
                       f"{rate:6.0f} steps/s  ETA {eta:5.1f} min (at most)", flush=True)
                 t_rate, s_rate = time.time(), self.step
                 if cfg.target_return is not None and mean_ret >= cfg.target_return:
                     rets = evaluate_actor(self.actor, self.gym_id, 10, seed=20_000 + self.step)
-                    print(f"[td3] 10-episode check: {rets.mean():.1f} ± {rets.std():.1f}",
+                    print(f"[{cfg.algo}] 10-episode check: {rets.mean():.1f} ± {rets.std():.1f}",
                           flush=True)
                     if rets.mean() >= cfg.target_return:
                         self.save()
-                        print("[td3] target return reached; stopping", flush=True)
+                        print(f"[{cfg.algo}] target return reached; stopping", flush=True)
                         break
             if self.step % cfg.checkpoint_every == 0:
                 self.save()
