@@ -21,13 +21,17 @@ from dawm_fast.data.dataset import subset_episodes
 from dawm_fast.data.tasks import parse_task
 from dawm_fast.evaluation import evaluate_policy
 from dawm_fast.rl.buffer import MixedSampler, Transitions, compute_obs_stats, iql_reward_scale
+from dawm_fast.rl.fast_updates import FastIQL, FastTD3BC
 from dawm_fast.rl.iql import IQL
 from dawm_fast.rl.td3bc import TD3BC
 from dawm_fast.run_io import (MetricsLog, Progress, RunError, atomic_torch_save, load_checkpoint,
                               write_json)
 from dawm_fast.sampling import generate_transitions
+from dawm_fast.step_graphs import GraphCaptureError
 from dawm_fast.world_model import (DiffusionWorldModel, InverseDynamics, WorldModelTrainer,
                                    WorldModelTrainerConfig, train_inverse_dynamics)
+from dawm_fast.world_model.fast_training import FastWorldModelTrainer
+from dawm_fast.world_model.training import WindowBatcher
 
 STAGES = ("data", "idm", "world_model", "generation", "rl", "evaluation")
 
@@ -80,7 +84,10 @@ class Pipeline:
                 # the plain baseline: no world model at all, the RL code path unchanged
                 self._finish(stage, 0.0, skipped="synthetic_ratio 0")
                 continue
-            info = getattr(self, f"stage_{stage}")() or {}
+            try:
+                info = getattr(self, f"stage_{stage}")() or {}
+            except GraphCaptureError as exc:   # finished stages and checkpoints stay on disk
+                raise RunError(str(exc)) from exc
             if not self.done(stage):
                 self._finish(stage, time.time() - t0 + self._resumed_wall(stage), **info)
             if stage == until:
@@ -165,7 +172,8 @@ class Pipeline:
     def stage_world_model(self) -> dict:
         cfg = self.cfg
         model = self.new_world_model()
-        trainer = WorldModelTrainer(model, WorldModelTrainerConfig(
+        trainer_cls = FastWorldModelTrainer if cfg.backend == "fast" else WorldModelTrainer
+        trainer = trainer_cls(model, WorldModelTrainerConfig(
             lr=cfg.wm_lr, seed=cfg.seed + 2, ema=cfg.wm_ema))
         batch_gen = torch.Generator(device=self.device).manual_seed(cfg.seed + 3)
         ckpt_path = self.out / "world_model_ckpt.pt"
@@ -178,24 +186,28 @@ class Pipeline:
             self.metrics.truncate_after("world_model", trainer.step)
             print(f"[world_model] resumed at step {trainer.step:,}", flush=True)
         n_params = sum(p.numel() for p in model.parameters())
+        path = getattr(trainer, "path_description", "reference (eager PyTorch)")
         print(f"[world_model] temporal U-Net {n_params / 1e6:.2f}M parameters, "
-              f"{cfg.wm_steps:,} steps at batch {cfg.wm_batch_size}", flush=True)
-        x0, ret, act = self.windows["x0"], self.windows["returns"], self.windows["actions"]
+              f"{cfg.wm_steps:,} steps at batch {cfg.wm_batch_size}; training path: {path}",
+              flush=True)
+        # Windows stay on the device; each step draws its batch there (inside the step's CUDA
+        # graph on the fast path).
+        batcher = WindowBatcher(self.windows["x0"], self.windows["returns"],
+                                self.windows["actions"], cfg.wm_batch_size, batch_gen)
         prog = Progress("world_model", cfg.wm_steps, trainer.step, cfg.progress_every_s)
-        t0, losses = time.time(), []
+        t0, losses, last_loss = time.time(), [], float("nan")
         while trainer.step < cfg.wm_steps:
-            idx = torch.randint(len(x0), (cfg.wm_batch_size,), generator=batch_gen,
-                                device=self.device)
-            out = trainer.train_step((x0[idx], ret[idx], act[idx]))
-            losses.append(out["loss"])
-            if not np.isfinite(out["loss"]):
-                raise RunError(f"world-model loss became {out['loss']} at step {trainer.step}; "
-                               f"lower --wm-lr or check the dataset for extreme values")
+            out = trainer.train_step(batcher)
+            losses.append(out["loss"])      # a float, or a device tensor (fast path: no sync)
             step = trainer.step
             if step % 100 == 0 or step == cfg.wm_steps:
-                self.metrics.log("world_model", step, loss=float(np.mean(losses)))
+                last_loss = float(torch.stack([torch.as_tensor(v) for v in losses]).mean())
+                if not np.isfinite(last_loss):
+                    raise RunError(f"world-model loss became {last_loss} by step {step}; lower "
+                                   f"--wm-lr or check the dataset for extreme values")
+                self.metrics.log("world_model", step, loss=last_loss)
                 losses = []
-            prog.update(step, loss=out["loss"])
+            prog.update(step, loss=last_loss)
             if step % cfg.wm_checkpoint_every == 0 or step == cfg.wm_steps:
                 atomic_torch_save({"trainer": trainer.state_dict(),
                                    "batch_generator": batch_gen.get_state(),
@@ -256,12 +268,13 @@ class Pipeline:
                 syn = Transitions.from_numpy(z["observations"], z["actions"], z["rewards"],
                                              z["next_observations"], z["terminals"])
         mean, std = compute_obs_stats(ds.observations)
+        fast = cfg.backend == "fast"
         if cfg.algo == "td3bc":
-            agent = TD3BC(ds.obs_dim, ds.act_dim, dataclasses.replace(cfg.td3bc, seed=cfg.seed),
+            agent = (FastTD3BC if fast else TD3BC)(ds.obs_dim, ds.act_dim, dataclasses.replace(cfg.td3bc, seed=cfg.seed),
                           self.device, mean, std)
             batch_size = cfg.td3bc.batch_size
         else:
-            agent = IQL(ds.obs_dim, ds.act_dim, dataclasses.replace(
+            agent = (FastIQL if fast else IQL)(ds.obs_dim, ds.act_dim, dataclasses.replace(
                 cfg.iql, seed=cfg.seed, max_steps=cfg.rl_steps), self.device, mean, std)
             batch_size = cfg.iql.batch_size
         parts = []
@@ -307,21 +320,28 @@ class Pipeline:
             step, wall_before = ck["step"], ck.get("wall_s", 0.0)
             self.metrics.truncate_after("rl", step)
             print(f"[rl] resumed at update {step:,}", flush=True)
+        path = getattr(agent, "path_description", "reference (eager PyTorch)")
         print(f"[rl] {cfg.algo} for {cfg.rl_steps:,} updates, batch {sampler.batch_size} "
-              f"({sampler.n_synthetic} synthetic + {sampler.n_real} real)", flush=True)
+              f"({sampler.n_synthetic} synthetic + {sampler.n_real} real); update path: {path}",
+              flush=True)
         prog = Progress("rl", cfg.rl_steps, step, cfg.progress_every_s, unit="updates")
         t0, last_score = time.time(), float("nan")
         acc: dict[str, list] = {}
         while step < cfg.rl_steps:
-            log = agent.update(sampler.sample())
-            step += 1
+            prev = step
+            if hasattr(agent, "update_from") and cfg.rl_steps - step >= cfg.td3bc.policy_freq:
+                log, n = agent.update_from(sampler)   # fast path: a whole cadence per call
+            else:
+                log, n = agent.update(sampler.sample()), 1
+            step += n
+            crossed = lambda every: step // every != prev // every or step == cfg.rl_steps
             for k, v in log.items():
                 acc.setdefault(k, []).append(v)
-            if step % 1000 == 0 or step == cfg.rl_steps:
+            if crossed(1000):
                 self.metrics.log("rl", step, **{k: float(torch.stack(v).mean())
                                                 for k, v in acc.items()})
                 acc = {}
-            if step % cfg.eval_every == 0 or step == cfg.rl_steps:
+            if crossed(cfg.eval_every):
                 ev = self.evaluate(agent, cfg.eval_episodes, seed=cfg.seed * 1000 + step)
                 last_score = ev["score_mean"]
                 self.metrics.log("rl", step, eval_score=ev["score_mean"],
@@ -329,7 +349,7 @@ class Pipeline:
                 print(f"[rl] update {step:,}: normalized score {ev['score_mean']:.1f} ± "
                       f"{ev['score_std']:.1f} (return {ev['return_mean']:.0f})", flush=True)
             prog.update(step, score=last_score)
-            if step % cfg.rl_checkpoint_every == 0 or step == cfg.rl_steps:
+            if crossed(cfg.rl_checkpoint_every):
                 atomic_torch_save({"agent": agent.state_dict(), "sampler": sampler.state_dict(),
                                    "step": step, "wall_s": wall_before + time.time() - t0},
                                   ckpt_path)
