@@ -1,5 +1,12 @@
-"""Return parity: the smoke pipeline with both sampling backends on the same seed must give the
-same synthetic data (up to float noise) and the same returns (up to evaluation noise)."""
+"""Return parity: the smoke pipeline with both backends on the same seed must give the same
+synthetic data (up to sampling noise: a two-sample KS test per dimension) and the same returns (up
+to evaluation noise).
+
+Data: the embedded walker2d-medium-expert datasets when their behaviour policies are committed
+(generated on first use, ~2 min); before that, small datasets from random-weight policies in a
+private store, which checks parity just as well but scores nothing meaningful (``data_source`` in
+the benchmark's extra_info says which).
+"""
 from __future__ import annotations
 
 import json
@@ -9,6 +16,8 @@ import pytest
 
 from conftest import record
 from dawm_fast import train
+from dawm_fast.data import embedded
+from dawm_fast.data.tasks import env_family
 
 ENV = "walker2d-medium-expert"
 
@@ -22,6 +31,23 @@ def ks_statistic(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(fa - fb).max())
 
 
+@pytest.fixture(scope="module")
+def parity_data(tmp_path_factory):
+    family = env_family(ENV)
+    if (embedded.POLICY_DIR / f"{family.name}.npz").exists():
+        yield "embedded walker2d policies"
+        return
+    root = tmp_path_factory.mktemp("parity")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MINARI_DATASETS_PATH", str(root / "minari"))
+    mp.setattr(embedded, "POLICY_DIR", root / "policies")
+    mp.setattr(embedded, "RECIPE", embedded.EmbeddedRecipe(expert_steps=2500, medium_steps=2500,
+                                                           n_envs=4))
+    embedded.write_random_policies(root / "policies", family)
+    yield "random-weight policies (no walker2d behaviour policies committed yet): parity only"
+    mp.undo()
+
+
 def run_pipeline(out, backend: str, seed: int) -> tuple[dict, dict]:
     code = train.main(["--env", ENV, "--preset", "smoke", "--backend", backend, "--seed",
                        str(seed), "--out", str(out)])
@@ -33,7 +59,7 @@ def run_pipeline(out, backend: str, seed: int) -> tuple[dict, dict]:
 
 
 @pytest.mark.parametrize("seed", [0])
-def test_fast_and_reference_give_the_same_science(benchmark, tmp_path, seed):
+def test_fast_and_reference_give_the_same_science(benchmark, tmp_path, seed, parity_data):
     out = {b: tmp_path / b for b in ("reference", "fast")}
     results = {}
 
@@ -60,7 +86,7 @@ def test_fast_and_reference_give_the_same_science(benchmark, tmp_path, seed):
     record(benchmark, env=ENV, seed=seed, reference_score=res_r["final_score_mean"],
            fast_score=res_f["final_score_mean"], score_tolerance=score_noise,
            synthetic_counts=[n_r, n_f], worst_ks=worst_ks, ks_critical=ks_critical,
-           per_dimension=stats, data_source=res_r["dataset_source"])
+           per_dimension=stats, data_source=res_r["dataset_source"], policies=parity_data)
     assert abs(n_r - n_f) <= max(2, 0.01 * n_r), (n_r, n_f)
     assert worst_ks < ks_critical, stats
     assert abs(res_r["final_score_mean"] - res_f["final_score_mean"]) <= score_noise

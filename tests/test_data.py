@@ -11,7 +11,7 @@ from dawm_fast.data import (CDFNormalizer, DatasetError, GaussianNormalizer, Min
                             make_windows, normalized_score, parse_task)
 from dawm_fast.data import embedded
 from dawm_fast.data.dataset import OfflineDataset
-from dawm_fast.rl.networks import DeterministicActor, actor_to_numpy
+from dawm_fast.data.tasks import env_family
 
 
 def random_episodes(rng, n_eps, obs_dim, act_dim, min_len=3, max_len=40, terminate_p=0.5):
@@ -212,20 +212,9 @@ def test_normalized_score_names_its_reference():
 
 # -- embedded datasets -------------------------------------------------------------------------
 
-def fake_policies(policy_dir, env="hopper", obs_dim=11, act_dim=3):
+def fake_policies(policy_dir, env="hopper"):
     """Random-weight policies in the committed layout (the real ones come from export)."""
-    torch.manual_seed(0)
-    arrays = {}
-    names = ["expert", "medium", "replay_000", "replay_001"]
-    for name in names:
-        for k, v in actor_to_numpy(DeterministicActor(obs_dim, act_dim, 32)).items():
-            arrays[f"{name}/{k}"] = v
-    policy_dir.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(policy_dir / f"{env}.npz", **arrays)
-    meta = {"random_return": -5.0, "expert_return": 300.0, "command": "test",
-            "replay": {"snapshot_steps": [0, 300], "steps": 600, "start_steps": 200,
-                       "expl_noise": 0.1}}
-    (policy_dir / f"{env}.json").write_text(json.dumps(meta))
+    embedded.write_random_policies(policy_dir, env_family(env))
 
 
 def test_embedded_generation_on_first_use(minari_store, tmp_path, monkeypatch):

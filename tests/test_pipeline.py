@@ -21,7 +21,7 @@ def smoke_data(tmp_path_factory):
     mp.setattr(embedded, "POLICY_DIR", root / "policies")
     mp.setattr(embedded, "RECIPE", embedded.EmbeddedRecipe(expert_steps=2500, medium_steps=2500,
                                                            n_envs=4))
-    fake_policies(root / "policies", env="walker2d", obs_dim=17, act_dim=6)
+    fake_policies(root / "policies", env="walker2d")
     yield root
     mp.undo()
 

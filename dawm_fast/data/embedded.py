@@ -215,3 +215,29 @@ def load_embedded(family: EnvFamily, kind: str, log=print) -> OfflineDataset:
     src = (f"embedded (dawm_fast, {family.gym_id_v5}, Minari ids "
            f"{' + '.join(minari_id(env, p) for p in parts)})")
     return concatenate(f"{env}-{kind}", loaded, src)
+
+
+def write_random_policies(policy_dir: Path, family: EnvFamily, hidden: int = 32,
+                          seed: int = 0) -> None:
+    """Random-weight behaviour policies in the committed layout (expert, medium, two replay
+    snapshots; PyTorch's default Linear init), with a metadata file saying so. For tests and for
+    benchmarks that need *some* embedded data of the right shapes before real policies exist:
+    datasets from them are not behaviour data and score nothing meaningful."""
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    dims = [family.obs_dim, hidden, hidden, family.act_dim]
+    for name in ("expert", "medium", "replay_000", "replay_001"):
+        for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
+            bound = 1.0 / np.sqrt(d_in)
+            arrays[f"{name}/W{i}"] = rng.uniform(-bound, bound, (d_in, d_out)).astype(np.float32)
+            arrays[f"{name}/b{i}"] = rng.uniform(-bound, bound, d_out).astype(np.float32)
+        arrays[f"{name}/max_action"] = np.float64(1.0)
+    policy_dir.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(policy_dir / f"{family.name}.npz", **arrays)
+    meta = {"random_return": -5.0, "expert_return": 300.0,
+            "command": "dawm_fast.data.embedded.write_random_policies (random weights: not "
+                       "behaviour policies)",
+            "replay": {"snapshot_steps": [0, 300], "steps": 600, "start_steps": 200,
+                       "expl_noise": 0.1}}
+    (policy_dir / f"{family.name}.json").write_text(json.dumps(meta))
+
