@@ -32,7 +32,8 @@ class TD3BCConfig:
     policy_noise: float = 0.2   # std of target-policy smoothing noise, fraction of max_action
     noise_clip: float = 0.5     # clip of that noise, fraction of max_action
     policy_freq: int = 2        # actor + target update once every `policy_freq` critic updates
-    alpha: float = 2.5          # BC trade-off: lambda = alpha / mean|Q|
+    alpha: float | None = 2.5   # BC trade-off: lambda = alpha / mean|Q|; None = plain TD3
+                                # (actor maximizes Q, no BC term: the online behaviour trainer)
     hidden: int = 256           # width of the two hidden layers of every MLP
     batch_size: int = 256       # CORL / paper; DWM trained its offline agents with 128
     max_action: float = 1.0     # action bound (MuJoCo locomotion: 1)
@@ -40,12 +41,15 @@ class TD3BCConfig:
 
 
 def td3bc_actor_loss(pi: torch.Tensor, q: torch.Tensor, actions: torch.Tensor,
-                     alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+                     alpha: float | None) -> tuple[torch.Tensor, torch.Tensor]:
     """-lambda * mean Q(s, pi(s)) + mean (pi(s) - a)^2, lambda = alpha / mean|Q| (no gradient
     through lambda: it only rescales Q so that alpha means the same on every task).
+    alpha None: TD3's own actor loss -mean Q (lambda reported as 1).
 
     pi, actions: [B, act]; q: [B]. Returns (loss, lambda).
     """
+    if alpha is None:
+        return -q.mean(), torch.ones((), device=q.device)
     lmbda = alpha / q.abs().mean().detach()
     return -lmbda * q.mean() + F.mse_loss(pi, actions), lmbda
 
