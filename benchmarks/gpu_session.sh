@@ -3,7 +3,13 @@
 # tests, run the benchmarks, summarize. Each stage has its own time limit so a slow one cannot eat
 # the others' results; logs and the benchmark JSON go to $OUT (default ./gpu_out).
 #
-#   bash benchmarks/gpu_session.sh [install] [tests=<pytest args>] [bench=<pytest args>]
+#   bash benchmarks/gpu_session.sh [wheels] [install] [tests=<pytest args>] [bench=<pytest args>]
+#                                  [behaviour=<env> <vector_td3 args>]
+#
+# wheels: install the wheels carried in .whl/ (gymnasium, mujoco: not in the GPU image) into
+#   /tmp/site. behaviour: train behaviour policies with dawm_fast.behavior.vector_td3 (vectorized
+#   envs, graphed TD3 updates) and pack the workdir, without its buffer, as $OUT/<env>_vec.tgz;
+#   unpack it under behavior_runs/ and run dawm_fast.behavior.export on it.
 #
 # e.g. bash benchmarks/gpu_session.sh install@120 "tests=tests/test_ops.py" \
 #        "bench@90=benchmarks/test_sampling.py"      (stage@seconds sets that stage's limit)
@@ -27,6 +33,21 @@ for arg in "$@"; do
   case $stage in *@*) limit=${stage#*@}; stage=${stage%@*} ;; esac
   start=$(date +%s)
   case $stage in
+    wheels)
+      python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl > "$OUT/wheels.log" 2>&1
+      rc=$?; export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+      $PY -c "import gymnasium, mujoco; print('gymnasium', gymnasium.__version__, 'mujoco', mujoco.__version__)"
+      ;;
+    behaviour)
+      env_name=${rest%% *}
+      wd=/tmp/behaviour/${env_name}_vec
+      mkdir -p "$wd"
+      eval timeout "$limit" $PY -m dawm_fast.behavior.vector_td3 --env $rest --workdir "$wd" \
+        > "$OUT/${env_name}_vec.log" 2>&1
+      rc=$?; tail -5 "$OUT/${env_name}_vec.log"
+      tar czf "$OUT/${env_name}_vec.tgz" -C /tmp/behaviour --exclude buffer.npy "${env_name}_vec"
+      ;;
     install)
       timeout "$limit" $PY -m pip install -q --no-build-isolation --no-deps -e . \
         > "$OUT/install.log" 2>&1
