@@ -83,10 +83,17 @@ def export(env: str, workdir: Path, out_dir: Path = POLICY_DIR, n_expert_candida
                                    for i, s in enumerate(replay_steps)]):
         for k, v in load(step).items():
             arrays[f"{prefix}/{k}"] = np.asarray(v, dtype) if k != "max_action" else v
+    # Which trainer made the run: vector_td3 writes "algorithm"; online_td3 has "algo".
+    module = "vector_td3" if "n_envs" in cfg else "online_td3"
+    algorithm = cfg.get("algorithm") or (f"{cfg.get('algo', 'td3').upper()} "
+                                         f"(dawm_fast.behavior.online_td3)")
+    extra = f" --algo {cfg['algo']}" if cfg.get("algo", "td3") != "td3" else ""
+    if module == "vector_td3":
+        extra = f" --n-envs {cfg['n_envs']} --device {cfg['device']}"
     meta = {
-        "env": env, "gym_id": fam.gym_id_v5, "algorithm": "TD3 (dawm_fast.behavior.online_td3)",
-        "command": command or (f"python -m dawm_fast.behavior.online_td3 --env {env} --workdir "
-                               f"{workdir} --seed {cfg['seed']} --target-return "
+        "env": env, "gym_id": fam.gym_id_v5, "algorithm": algorithm,
+        "command": command or (f"python -m dawm_fast.behavior.{module} --env {env}{extra} "
+                               f"--workdir {workdir} --seed {cfg['seed']} --target-return "
                                f"{cfg['target_return']} && python -m dawm_fast.behavior.export "
                                f"--env {env} --workdir {workdir}"),
         "train_config": cfg,
