@@ -7,6 +7,9 @@ the embedded datasets are generated from (``dawm_fast/data/policies/<env>.{npz,j
 - medium: the snapshot whose 10-episode return is closest to `medium_fraction` of the expert's,
   among those logged between a third and a half of it (the D4RL recipe's "about a third")
 - replay: every snapshot before the medium one (float16), from which medium-replay is rebuilt
+
+``--medium-workdir`` takes the medium and replay policies from another run of the same env (for
+example when the expert's run jumped past the medium range between two snapshots).
 """
 from __future__ import annotations
 
@@ -45,14 +48,27 @@ def random_policy(act_dim: int, seed: int):
     return lambda obs: rng.uniform(-1, 1, (len(obs), act_dim)).astype(np.float32)
 
 
-def export(env: str, workdir: Path, out_dir: Path = POLICY_DIR, n_expert_candidates: int = 5,
-           medium_fraction: float = 0.4, medium_range=(1 / 3, 1 / 2), command: str = "") -> dict:
-    fam = env_family(env)
+def _run_log(workdir: Path) -> list[tuple[int, float]]:
+    """(step, logged eval return) of every snapshot the run kept."""
     with open(workdir / "log.csv") as f:
         log = [(int(r["step"]), float(r["eval_return_mean"])) for r in csv.DictReader(f)]
-    snap = lambda step: workdir / "snapshots" / f"actor_{step:07d}.npz"
-    log = [(s, r) for s, r in log if snap(s).exists()]
-    load = lambda step: dict(np.load(snap(step)))
+    return [(s, r) for s, r in log if _snapshot(workdir, s).exists()]
+
+
+def _snapshot(workdir: Path, step: int) -> Path:
+    return workdir / "snapshots" / f"actor_{step:07d}.npz"
+
+
+def export(env: str, workdir: Path, out_dir: Path = POLICY_DIR, n_expert_candidates: int = 5,
+           medium_fraction: float = 0.4, medium_range=(1 / 3, 1 / 2), command: str = "",
+           medium_workdir: Path | None = None) -> dict:
+    fam = env_family(env)
+    log = _run_log(workdir)
+    load = lambda step: dict(np.load(_snapshot(workdir, step)))
+    medium_workdir = medium_workdir or workdir
+    same_run = medium_workdir.resolve() == workdir.resolve()
+    med_log = log if same_run else _run_log(medium_workdir)
+    load_med = lambda step: dict(np.load(_snapshot(medium_workdir, step)))
 
     best = sorted(log, key=lambda x: -x[1])[:n_expert_candidates]
     evals = {s: evaluate(NumpyPolicy(load(s)), fam.gym_id_v5) for s, _ in best}
@@ -62,11 +78,12 @@ def export(env: str, workdir: Path, out_dir: Path = POLICY_DIR, n_expert_candida
           f"{expert_ret.std():.1f} (10 episodes)")
 
     lo, hi = (f * expert_ret.mean() for f in medium_range)
-    cands = [s for s, r in log if lo <= r <= hi and s < expert_step]
+    cands = [s for s, r in med_log if lo <= r <= hi and (s < expert_step or not same_run)]
     if not cands:
-        raise SystemExit(f"no snapshot logged a return in [{lo:.0f}, {hi:.0f}]; "
-                         f"snapshot more often (--snapshot-every) and train again")
-    med_evals = {s: evaluate(NumpyPolicy(load(s)), fam.gym_id_v5) for s in cands[:8]}
+        raise SystemExit(f"no snapshot of {medium_workdir} logged a return in [{lo:.0f}, "
+                         f"{hi:.0f}]; take the medium policy from another run "
+                         f"(--medium-workdir) or snapshot more often (--snapshot-every)")
+    med_evals = {s: evaluate(NumpyPolicy(load_med(s)), fam.gym_id_v5) for s in cands[:8]}
     target = medium_fraction * expert_ret.mean()
     medium_step = min(med_evals, key=lambda s: abs(med_evals[s].mean() - target))
     medium_ret = med_evals[medium_step]
@@ -75,13 +92,14 @@ def export(env: str, workdir: Path, out_dir: Path = POLICY_DIR, n_expert_candida
     random_ret = evaluate(random_policy(fam.act_dim, 0), fam.gym_id_v5)
 
     cfg = json.loads((workdir / "config.json").read_text())
-    replay_steps = [s for s, _ in log if s <= medium_step]
+    med_cfg = json.loads((medium_workdir / "config.json").read_text())
+    replay_steps = [s for s, _ in med_log if s <= medium_step]
     arrays = {}
-    for prefix, step, dtype in ([("expert", expert_step, np.float32),
-                                 ("medium", medium_step, np.float32)]
-                                + [(f"replay_{i:03d}", s, np.float16)
-                                   for i, s in enumerate(replay_steps)]):
-        for k, v in load(step).items():
+    for prefix, loader, step, dtype in ([("expert", load, expert_step, np.float32),
+                                         ("medium", load_med, medium_step, np.float32)]
+                                        + [(f"replay_{i:03d}", load_med, s, np.float16)
+                                           for i, s in enumerate(replay_steps)]):
+        for k, v in loader(step).items():
             arrays[f"{prefix}/{k}"] = np.asarray(v, dtype) if k != "max_action" else v
     # Which trainer made the run: vector_td3 writes "algorithm"; online_td3 has "algo".
     module = "vector_td3" if "n_envs" in cfg else "online_td3"
@@ -95,8 +113,11 @@ def export(env: str, workdir: Path, out_dir: Path = POLICY_DIR, n_expert_candida
         "command": command or (f"python -m dawm_fast.behavior.{module} --env {env}{extra} "
                                f"--workdir {workdir} --seed {cfg['seed']} --target-return "
                                f"{cfg['target_return']} && python -m dawm_fast.behavior.export "
-                               f"--env {env} --workdir {workdir}"),
+                               f"--env {env} --workdir {workdir}"
+                               + ("" if same_run else f" --medium-workdir {medium_workdir}")),
         "train_config": cfg,
+        **({} if same_run else {"medium_run": str(medium_workdir), "medium_train_config": med_cfg,
+                                "medium_training_log": med_log}),
         "expert_step": expert_step, "expert_return": float(expert_ret.mean()),
         "expert_return_std": float(expert_ret.std()),
         "medium_step": medium_step, "medium_return": float(medium_ret.mean()),
@@ -105,7 +126,8 @@ def export(env: str, workdir: Path, out_dir: Path = POLICY_DIR, n_expert_candida
         "eval": "10 deterministic episodes, seeds 777..786",
         # The trainer snapshots every snapshot_every steps; snapshot i acted from its step on.
         "replay": {"snapshot_steps": replay_steps, "steps": medium_step,
-                   "start_steps": cfg["start_steps"], "expl_noise": cfg["expl_noise"]},
+                   "start_steps": med_cfg["start_steps"],
+                   "expl_noise": med_cfg["expl_noise"]},
         "training_log": log,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -121,8 +143,11 @@ def main(argv=None) -> None:
     p.add_argument("--workdir", required=True, type=Path)
     p.add_argument("--out-dir", type=Path, default=POLICY_DIR)
     p.add_argument("--medium-fraction", type=float, default=0.4)
+    p.add_argument("--medium-workdir", type=Path, default=None,
+                   help="take the medium and replay policies from this run (default: --workdir)")
     a = p.parse_args(argv)
-    export(a.env, a.workdir, a.out_dir, medium_fraction=a.medium_fraction)
+    export(a.env, a.workdir, a.out_dir, medium_fraction=a.medium_fraction,
+           medium_workdir=a.medium_workdir)
 
 
 if __name__ == "__main__":
