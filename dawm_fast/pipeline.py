@@ -329,7 +329,7 @@ class Pipeline:
         acc: dict[str, list] = {}
         while step < cfg.rl_steps:
             prev = step
-            if hasattr(agent, "update_from") and cfg.rl_steps - step >= cfg.td3bc.policy_freq:
+            if hasattr(agent, "update_from") and cfg.rl_steps - step >= agent.updates_per_call:
                 log, n = agent.update_from(sampler)   # fast path: a whole cadence per call
             else:
                 log, n = agent.update(sampler.sample()), 1

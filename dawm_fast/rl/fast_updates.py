@@ -43,6 +43,11 @@ class _GraphedAgent:
             make_fused(getattr(self, name), capturable=self.uses_graphs)
 
     @property
+    def updates_per_call(self) -> int:
+        """Updates one ``update_from`` call does at most."""
+        return 1
+
+    @property
     def path_description(self) -> str:
         if self.uses_graphs:
             return "fast (one CUDA graph per update cadence, batch drawn on the device, fused Adam)"
@@ -82,6 +87,10 @@ class FastTD3BC(_GraphedAgent, TD3BC):
 
     def _generators(self) -> list[torch.Generator]:
         return [self.noise_generator]
+
+    @property
+    def updates_per_call(self) -> int:
+        return self.cfg.policy_freq if self.uses_graphs else 1
 
     def update_from(self, sampler: MixedSampler) -> tuple[dict[str, torch.Tensor], int]:
         p = self.cfg.policy_freq
