@@ -37,15 +37,8 @@ def parity_data(tmp_path_factory):
     if (embedded.POLICY_DIR / f"{family.name}.npz").exists():
         yield "embedded walker2d policies"
         return
-    root = tmp_path_factory.mktemp("parity")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MINARI_DATASETS_PATH", str(root / "minari"))
-    mp.setattr(embedded, "POLICY_DIR", root / "policies")
-    mp.setattr(embedded, "RECIPE", embedded.EmbeddedRecipe(expert_steps=2500, medium_steps=2500,
-                                                           n_envs=4))
-    embedded.write_random_policies(root / "policies", family)
-    yield "random-weight policies (no walker2d behaviour policies committed yet): parity only"
-    mp.undo()
+    with embedded.random_policy_store(tmp_path_factory.mktemp("parity"), family):
+        yield "random-weight policies (no walker2d behaviour policies committed yet): parity only"
 
 
 def run_pipeline(out, backend: str, seed: int) -> tuple[dict, dict]:

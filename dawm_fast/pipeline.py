@@ -270,8 +270,9 @@ class Pipeline:
         mean, std = compute_obs_stats(ds.observations)
         fast = cfg.backend == "fast"
         if cfg.algo == "td3bc":
-            agent = (FastTD3BC if fast else TD3BC)(ds.obs_dim, ds.act_dim, dataclasses.replace(cfg.td3bc, seed=cfg.seed),
-                          self.device, mean, std)
+            agent = (FastTD3BC if fast else TD3BC)(
+                ds.obs_dim, ds.act_dim, dataclasses.replace(cfg.td3bc, seed=cfg.seed),
+                self.device, mean, std)
             batch_size = cfg.td3bc.batch_size
         else:
             agent = (FastIQL if fast else IQL)(ds.obs_dim, ds.act_dim, dataclasses.replace(

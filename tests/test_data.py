@@ -1,5 +1,4 @@
 """Data layer: names, Minari and D4RL sources, embedded generation, windows, normalizers, scores."""
-import json
 
 import h5py
 import numpy as np
@@ -212,16 +211,11 @@ def test_normalized_score_names_its_reference():
 
 # -- embedded datasets -------------------------------------------------------------------------
 
-def fake_policies(policy_dir, env="hopper"):
-    """Random-weight policies in the committed layout (the real ones come from export)."""
-    embedded.write_random_policies(policy_dir, env_family(env))
-
-
 def test_embedded_generation_on_first_use(minari_store, tmp_path, monkeypatch):
     monkeypatch.setattr(embedded, "POLICY_DIR", tmp_path / "policies")
     monkeypatch.setattr(embedded, "RECIPE", embedded.EmbeddedRecipe(
         expert_steps=500, medium_steps=400, n_envs=3))
-    fake_policies(tmp_path / "policies")
+    embedded.write_random_policies(tmp_path / "policies", env_family("hopper"))
     logs = []
     ds = load_dataset("hopper-medium-expert", log=logs.append)
     assert "embedded" in ds.source and "dawm_fast/hopper/medium-v0" in ds.source

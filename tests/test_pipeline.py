@@ -9,21 +9,15 @@ from dawm_fast import train
 from dawm_fast.data import Normalizer, embedded
 from dawm_fast.rl.td3bc import TD3BC
 
-from test_data import fake_policies
+from dawm_fast.data.tasks import env_family
 
 
 @pytest.fixture(scope="module")
 def smoke_data(tmp_path_factory):
     """Small embedded walker2d datasets from random-weight policies, in a private Minari store."""
-    root = tmp_path_factory.mktemp("pipeline")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MINARI_DATASETS_PATH", str(root / "minari"))
-    mp.setattr(embedded, "POLICY_DIR", root / "policies")
-    mp.setattr(embedded, "RECIPE", embedded.EmbeddedRecipe(expert_steps=2500, medium_steps=2500,
-                                                           n_envs=4))
-    fake_policies(root / "policies", env="walker2d")
-    yield root
-    mp.undo()
+    with embedded.random_policy_store(tmp_path_factory.mktemp("pipeline"),
+                                      env_family("walker2d")) as root:
+        yield root
 
 
 def run(out, *extra):

@@ -19,12 +19,9 @@ A run that spans sessions keeps its workdir under ``behavior_runs/`` in git: eve
 """
 from __future__ import annotations
 
-import argparse
 import copy
-import csv
 import dataclasses
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,8 +32,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dawm_fast.behavior.run_files import (append_eval_log, atomic_np_save, parse_config,
+                                          save_snapshot)
 from dawm_fast.data.tasks import env_family
 from dawm_fast.rl.networks import DeterministicActor, TwinCritic, actor_to_numpy, mlp
+from dawm_fast.run_io import atomic_torch_save
 
 
 class SquashedGaussianActor(nn.Module):
@@ -56,11 +56,11 @@ class SquashedGaussianActor(nn.Module):
 
     def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mu, log_std = self.net(obs).split(self.act_dim, dim=-1)
-        std = log_std.clamp(self.LOG_STD_MIN, self.LOG_STD_MAX).exp()
+        log_std = log_std.clamp(self.LOG_STD_MIN, self.LOG_STD_MAX)
+        std = log_std.exp()
         u = mu + std * torch.randn_like(mu)
         # log N(u) - sum log(1 - tanh(u)^2), the latter in the stable softplus form
-        logp = (-0.5 * ((u - mu) / std) ** 2 - log_std.clamp(self.LOG_STD_MIN, self.LOG_STD_MAX)
-                - 0.5 * np.log(2 * np.pi)).sum(-1)
+        logp = (-0.5 * ((u - mu) / std) ** 2 - log_std - 0.5 * np.log(2 * np.pi)).sum(-1)
         logp = logp - (2 * (np.log(2) - u - F.softplus(-2 * u))).sum(-1)
         return torch.tanh(u) * self.max_action, logp
 
@@ -94,18 +94,6 @@ class OnlineTD3Config:
     target_return: float | None = None   # stop once a 10-episode evaluation reaches this
     seed: int = 0
     threads: int = 1
-
-
-def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _atomic_np_save(arr: np.ndarray, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp.npy")
-    np.save(tmp, arr)
-    os.replace(tmp, path)
 
 
 def evaluate_actor(actor: DeterministicActor, gym_id: str, episodes: int, seed: int) -> np.ndarray:
@@ -169,8 +157,8 @@ class OnlineTD3:
         }
 
     def save(self) -> None:
-        _atomic_np_save(self.buffer[: self.size], self.workdir / "buffer.npy")
-        _atomic_save(self.state_dict(), self.workdir / "state.pt")
+        atomic_np_save(self.buffer[: self.size], self.workdir / "buffer.npy")
+        atomic_torch_save(self.state_dict(), self.workdir / "state.pt")
 
     def try_resume(self) -> bool:
         path = self.workdir / "state.pt"
@@ -271,23 +259,11 @@ class OnlineTD3:
         self.updates += 1
 
     def snapshot(self) -> float:
-        snap_dir = self.workdir / "snapshots"
-        snap_dir.mkdir(exist_ok=True)
-        # float16: snapshots are committed with a run that spans sessions (the export evaluates
-        # them as stored, so the chosen policies are exactly what the datasets are made from)
-        weights = {k: (np.asarray(v, np.float16) if k != "max_action" else v)
-                   for k, v in (self.actor.to_numpy() if self.sac
-                                else actor_to_numpy(self.actor)).items()}
-        np.savez(snap_dir / f"actor_{self.step:07d}.npz", **weights)
+        save_snapshot(self.workdir, self.step, self.actor.to_numpy() if self.sac
+                      else actor_to_numpy(self.actor))
         rets = evaluate_actor(self.actor, self.gym_id, self.cfg.eval_episodes,
                               seed=10_000 + self.step)
-        new = not (self.workdir / "log.csv").exists()
-        with open(self.workdir / "log.csv", "a", newline="") as f:
-            w = csv.writer(f)
-            if new:
-                w.writerow(["step", "eval_return_mean", "eval_return_std", "wall_s"])
-            w.writerow([self.step, f"{rets.mean():.1f}", f"{rets.std():.1f}",
-                        f"{time.time() - self.t0:.0f}"])
+        append_eval_log(self.workdir, self.step, rets, time.time() - self.t0)
         return float(rets.mean())
 
     def train(self) -> None:
@@ -341,15 +317,8 @@ class OnlineTD3:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--workdir", required=True, type=Path)
-    for f in dataclasses.fields(OnlineTD3Config):
-        kw = {"type": float if f.name == "target_return" else type(f.default)}
-        p.add_argument("--" + f.name.replace("_", "-"), default=f.default, **kw)
-    args = p.parse_args(argv)
-    cfg = OnlineTD3Config(**{f.name: getattr(args, f.name) for f in dataclasses.fields(OnlineTD3Config)})
-    args.workdir.mkdir(parents=True, exist_ok=True)
-    OnlineTD3(cfg, args.workdir).train()
+    cfg, workdir = parse_config(OnlineTD3Config, argv, __doc__)
+    OnlineTD3(cfg, workdir).train()
 
 
 if __name__ == "__main__":

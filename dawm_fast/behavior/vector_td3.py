@@ -18,8 +18,6 @@ export evaluates them.
 """
 from __future__ import annotations
 
-import argparse
-import csv
 import dataclasses
 import functools
 import json
@@ -32,13 +30,15 @@ import numpy as np
 import torch
 
 from dawm_fast.behavior.export import evaluate
-from dawm_fast.behavior.online_td3 import _atomic_np_save, _atomic_save
+from dawm_fast.behavior.run_files import (append_eval_log, atomic_np_save, parse_config,
+                                          save_snapshot)
 from dawm_fast.data.numpy_policy import NumpyPolicy
 from dawm_fast.data.tasks import env_family
 from dawm_fast.rl.buffer import Transitions
 from dawm_fast.rl.fast_updates import FastTD3BC
 from dawm_fast.rl.networks import actor_to_numpy
 from dawm_fast.rl.td3bc import TD3BCConfig
+from dawm_fast.run_io import atomic_torch_save
 
 
 @dataclass
@@ -94,12 +94,6 @@ class DeviceReplay:
                            b[:, -1])
 
 
-def _snapshot_weights(agent: FastTD3BC) -> dict:
-    # float16 like online_td3's snapshots: small enough to commit, evaluated as stored
-    return {k: (np.asarray(v, np.float16) if k != "max_action" else v)
-            for k, v in actor_to_numpy(agent.actor).items()}
-
-
 class VectorTD3:
     def __init__(self, cfg: VectorTD3Config, workdir: Path):
         if cfg.n_envs < 1 or cfg.snapshot_every % cfg.n_envs:
@@ -123,12 +117,12 @@ class VectorTD3:
 
     # -- persistence ---------------------------------------------------------------------------
     def save(self) -> None:
-        _atomic_np_save(self.replay.data[:self.replay.n].cpu().numpy(),
-                        self.workdir / "buffer.npy")
-        _atomic_save({"config": dataclasses.asdict(self.cfg), "agent": self.agent.state_dict(),
+        atomic_np_save(self.replay.data[:self.replay.n].cpu().numpy(),
+                       self.workdir / "buffer.npy")
+        atomic_torch_save({"config": dataclasses.asdict(self.cfg), "agent": self.agent.state_dict(),
                       "step": self.step, "np_rng": self.rng.bit_generator.state,
-                      "replay_generator": self.replay.generator.get_state()},
-                     self.workdir / "state.pt")
+                           "replay_generator": self.replay.generator.get_state()},
+                          self.workdir / "state.pt")
 
     def try_resume(self) -> bool:
         path = self.workdir / "state.pt"
@@ -157,21 +151,14 @@ class VectorTD3:
         a = a + self.rng.normal(0, self.cfg.expl_noise, a.shape)
         return np.clip(a, -1, 1).astype(np.float32)
 
-    def snapshot(self, step: int, wall_s: float) -> float:
-        snap_dir = self.workdir / "snapshots"
-        snap_dir.mkdir(exist_ok=True)
-        weights = _snapshot_weights(self.agent)
-        np.savez(snap_dir / f"actor_{step:07d}.npz", **weights)
+    def snapshot(self, step: int, wall_s: float) -> tuple[dict, float]:
+        """Store the actor and evaluate it as stored (float16, numpy), logging the result;
+        returns (stored weights, mean return)."""
+        weights = save_snapshot(self.workdir, step, actor_to_numpy(self.agent.actor))
         rets = evaluate(NumpyPolicy(weights), self.gym_id, self.cfg.eval_episodes,
                         seed=10_000 + step)
-        log = self.workdir / "log.csv"
-        new = not log.exists()
-        with open(log, "a", newline="") as f:
-            w = csv.writer(f)
-            if new:
-                w.writerow(["step", "eval_return_mean", "eval_return_std", "wall_s"])
-            w.writerow([step, f"{rets.mean():.1f}", f"{rets.std():.1f}", f"{wall_s:.0f}"])
-        return float(rets.mean())
+        append_eval_log(self.workdir, step, rets, wall_s)
+        return weights, float(rets.mean())
 
     def _make_envs(self):
         make = [functools.partial(gym.make, self.gym_id)] * self.cfg.n_envs
@@ -209,7 +196,7 @@ class VectorTD3:
                 if self.step // cfg.snapshot_every == prev // cfg.snapshot_every:
                     continue
                 snap_step = self.step // cfg.snapshot_every * cfg.snapshot_every
-                mean_ret = self.snapshot(snap_step, time.time() - t0)
+                weights, mean_ret = self.snapshot(snap_step, time.time() - t0)
                 rate = (self.step - s_rate) / (time.time() - t_rate)
                 eta = (cfg.total_steps - self.step) / max(rate, 1e-9) / 60
                 print(f"[vec-td3] step {snap_step:>7d}  eval return {mean_ret:8.1f}  "
@@ -217,7 +204,7 @@ class VectorTD3:
                 t_rate, s_rate = time.time(), self.step
                 self.save()
                 if cfg.target_return is not None and mean_ret >= cfg.target_return:
-                    rets = evaluate(NumpyPolicy(_snapshot_weights(self.agent)), self.gym_id, 10,
+                    rets = evaluate(NumpyPolicy(weights), self.gym_id, 10,
                                     seed=20_000 + snap_step)
                     print(f"[vec-td3] 10-episode check: {rets.mean():.1f} ± {rets.std():.1f}",
                           flush=True)
@@ -230,20 +217,8 @@ class VectorTD3:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--workdir", required=True, type=Path)
-    for f in dataclasses.fields(VectorTD3Config):
-        flag = "--" + f.name.replace("_", "-")
-        if f.type in ("bool", bool):
-            p.add_argument(flag, default=f.default, action=argparse.BooleanOptionalAction)
-        else:
-            p.add_argument(flag, default=f.default,
-                           type=float if f.name == "target_return" else type(f.default))
-    args = p.parse_args(argv)
-    cfg = VectorTD3Config(**{f.name: getattr(args, f.name)
-                             for f in dataclasses.fields(VectorTD3Config)})
-    args.workdir.mkdir(parents=True, exist_ok=True)
-    VectorTD3(cfg, args.workdir).train()
+    cfg, workdir = parse_config(VectorTD3Config, argv, __doc__)
+    VectorTD3(cfg, workdir).train()
 
 
 if __name__ == "__main__":

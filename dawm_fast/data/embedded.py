@@ -17,6 +17,7 @@ Datasets are written to the local Minari store under the namespace ``dawm_fast/`
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -240,4 +241,26 @@ def write_random_policies(policy_dir: Path, family: EnvFamily, hidden: int = 32,
             "replay": {"snapshot_steps": [0, 300], "steps": 600, "start_steps": 200,
                        "expl_noise": 0.1}}
     (policy_dir / f"{family.name}.json").write_text(json.dumps(meta))
+
+
+@contextlib.contextmanager
+def random_policy_store(root: Path, family: EnvFamily, steps: int = 2500, n_envs: int = 4):
+    """Within the block, embedded data for ``family`` comes from random-weight policies
+    (``write_random_policies`` under ``root/policies``) at ``steps`` per part, generated into a
+    private Minari store ``root/minari``; everything is put back on exit. For tests and benchmarks
+    that need small embedded datasets of the right shapes."""
+    global POLICY_DIR, RECIPE
+    saved = POLICY_DIR, RECIPE, os.environ.get("MINARI_DATASETS_PATH")
+    write_random_policies(root / "policies", family)
+    POLICY_DIR = root / "policies"
+    RECIPE = EmbeddedRecipe(expert_steps=steps, medium_steps=steps, n_envs=n_envs)
+    os.environ["MINARI_DATASETS_PATH"] = str(root / "minari")
+    try:
+        yield root
+    finally:
+        POLICY_DIR, RECIPE = saved[0], saved[1]
+        if saved[2] is None:
+            os.environ.pop("MINARI_DATASETS_PATH", None)
+        else:
+            os.environ["MINARI_DATASETS_PATH"] = saved[2]
 

@@ -89,6 +89,7 @@ class DDIMScheduler:
         self.alphas_cumprod = cosine_alphas_cumprod(cfg.n_diffusion_steps, cfg.cosine_s,
                                                     cfg.max_beta)          # float64 [K]
         self.timesteps: list[int] = []
+        self._alphas_cumprod_by_device: dict[str, torch.Tensor] = {}
 
     @property
     def n_diffusion_steps(self) -> int:
@@ -106,7 +107,7 @@ class DDIMScheduler:
     def _alphas_cumprod_on(self, device: torch.device) -> torch.Tensor:
         """alphas_cumprod on ``device``, copied once: a host-to-device copy per training step would
         cost a sync and cannot be captured in a CUDA graph."""
-        cache = self.__dict__.setdefault("_alphas_cumprod_by_device", {})
+        cache = self._alphas_cumprod_by_device
         key = str(device)
         if key not in cache:
             cache[key] = self.alphas_cumprod.to(device)
