@@ -27,8 +27,11 @@ def main(path: str) -> None:
     device = next(iter(data["benchmarks"]))["extra_info"].get("device", "?")
     print(f"Device: {device}; torch {data['benchmarks'][0]['extra_info'].get('torch')}; "
           f"{data['datetime'][:10]}\n")
-    print("| benchmark | size | reference | fast | compile | fast/reference | fast/compile |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    bf16 = any("fast-bf16" in impls for impls in rows.values())
+    extra = (" fast bf16 | bf16/reference |", " --- | --- |") if bf16 else ("", "")
+    print("| benchmark | size | reference | fast | compile | fast/reference | fast/compile |"
+          + extra[0])
+    print("| --- | --- | --- | --- | --- | --- | --- |" + extra[1])
     for (name, size), impls in sorted(rows.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))):
         def cell(impl):
             if impl not in impls:
@@ -39,7 +42,11 @@ def main(path: str) -> None:
             return f"{mean * 1e3:.2f} ms", mean
         (r, rm), (f, fm), (c, cm) = cell("reference"), cell("fast"), cell("compile")
         speed = lambda a, b: f"{b / a:.2f}x" if a and b else ""
-        print(f"| {name} | {size} | {r} | {f} | {c} | {speed(fm, rm)} | {speed(fm, cm)} |")
+        line = f"| {name} | {size} | {r} | {f} | {c} | {speed(fm, rm)} | {speed(fm, cm)} |"
+        if bf16:
+            h, hm = cell("fast-bf16")
+            line += f" {h} | {speed(hm, rm)} |"
+        print(line)
     for b in data["benchmarks"]:
         if "reference_score" in b["extra_info"]:
             i = b["extra_info"]

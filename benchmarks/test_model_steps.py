@@ -11,7 +11,7 @@ from dawm_fast.rl.iql import IQL
 from dawm_fast.rl.td3bc import TD3BC
 from dawm_fast.world_model import (DiffusionWorldModel, WorldModelConfig, WorldModelTrainer)
 from dawm_fast.world_model.fast_training import FastWorldModelTrainer
-from dawm_fast.world_model.training import WindowBatcher
+from dawm_fast.world_model.training import WindowBatcher, WorldModelTrainerConfig
 from dawm_fast.world_model.fused_unet import fused_unet_forward
 from conftest import unet_config
 
@@ -49,16 +49,20 @@ def _skip_compiled_training_on_cpu(impl: str) -> None:
 
 
 @pytest.mark.parametrize("batch", [64, 256])
-@pytest.mark.parametrize("impl", ["reference", "fast", "compile"])
+@pytest.mark.parametrize("impl", ["reference", "fast", "fast-bf16", "compile"])
 def test_world_model_training_step(benchmark, impl, batch):
     """One step (batch draw on the device, forward, backward, Adam; EMA every 10th step):
     reference = eager WorldModelTrainer, fast = FastWorldModelTrainer (one CUDA graph per step on
-    a GPU), compile = the reference trainer around torch.compile(unet)."""
+    a GPU), fast-bf16 = the same under bf16 autocast (fp32 weights and Adam; off by default),
+    compile = the reference trainer around torch.compile(unet)."""
     _skip_compiled_training_on_cpu(impl)
+    if impl == "fast-bf16" and not GPU:
+        pytest.skip("bf16 autocast is a GPU option: a CPU without bf16 matrix units runs its "
+                    "GEMMs slower than fp32")
     torch.manual_seed(0)
     model = DiffusionWorldModel(OBS_DIM, ACT_DIM, WorldModelConfig(unet=unet_config())).to(DEVICE)
-    if impl == "fast":
-        trainer = FastWorldModelTrainer(model)
+    if impl.startswith("fast"):
+        trainer = FastWorldModelTrainer(model, WorldModelTrainerConfig(bf16=impl == "fast-bf16"))
     else:
         trainer = WorldModelTrainer(model)
         if impl == "compile":

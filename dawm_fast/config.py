@@ -54,6 +54,7 @@ class PipelineConfig:
     wm_steps: int = 2_000_000             # DWM: 2e6 iterations at batch 64
     wm_batch_size: int = 64
     wm_lr: float = 1e-4
+    wm_bf16: bool = False                 # bf16 autocast in world-model training (fp32 master)
     wm_ema: EMAConfig = field(default_factory=EMAConfig)
     wm_checkpoint_every: int = 5_000
     # -- generation ------------------------------------------------------------------------------

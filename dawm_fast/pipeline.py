@@ -174,7 +174,7 @@ class Pipeline:
         model = self.new_world_model()
         trainer_cls = FastWorldModelTrainer if cfg.backend == "fast" else WorldModelTrainer
         trainer = trainer_cls(model, WorldModelTrainerConfig(
-            lr=cfg.wm_lr, seed=cfg.seed + 2, ema=cfg.wm_ema))
+            lr=cfg.wm_lr, seed=cfg.seed + 2, ema=cfg.wm_ema, bf16=cfg.wm_bf16))
         batch_gen = torch.Generator(device=self.device).manual_seed(cfg.seed + 3)
         ckpt_path = self.out / "world_model_ckpt.pt"
         wall_before = 0.0
@@ -188,7 +188,8 @@ class Pipeline:
         n_params = sum(p.numel() for p in model.parameters())
         path = getattr(trainer, "path_description", "reference (eager PyTorch)")
         print(f"[world_model] temporal U-Net {n_params / 1e6:.2f}M parameters, "
-              f"{cfg.wm_steps:,} steps at batch {cfg.wm_batch_size}; training path: {path}",
+              f"{cfg.wm_steps:,} steps at batch {cfg.wm_batch_size}"
+              f"{' in bf16 autocast' if cfg.wm_bf16 else ''}; training path: {path}",
               flush=True)
         # Windows stay on the device; each step draws its batch there (inside the step's CUDA
         # graph on the fast path).

@@ -44,6 +44,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="stop after this stage (data, idm, world_model, generation, rl); "
                         "rerun without it to continue")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    p.add_argument("--bf16", action="store_true",
+                   help="train the world model under bf16 autocast (fp32 weights and Adam); "
+                        "for GPUs with bf16 tensor cores, off by default")
     return p.parse_args(argv)
 
 
@@ -69,6 +72,8 @@ def build_config(args: argparse.Namespace):
     for name in ("synthetic_ratio", "rl_steps", "wm_steps", "target_return"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
+    if args.bf16:
+        overrides["wm_bf16"] = True
     if not 0.0 <= overrides.get("synthetic_ratio", 0.0) <= 1.0:
         die(f"--synthetic-ratio must be in [0, 1], got {args.synthetic_ratio}")
     return preset_config(preset, args.env, args.algo, **overrides)

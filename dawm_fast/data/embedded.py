@@ -105,7 +105,7 @@ def _rollout_episodes(family: EnvFamily, policy, n_steps: int, noise: float, see
     return episodes
 
 
-def _replay_episodes(family: EnvFamily, snapshots: list[tuple[int, NumpyPolicy]], n_steps: int,
+def replay_episodes(family: EnvFamily, snapshots: list[tuple[int, NumpyPolicy]], n_steps: int,
                      start_steps: int, noise: float, seed: int, progress) -> list[dict]:
     """Rebuild the online trainer's replay buffer up to n_steps: one env, stepped continuously,
     acting with the latest snapshot taken at or before the current step."""
@@ -167,7 +167,7 @@ def generate(family: EnvFamily, kind: str, recipe: EmbeddedRecipe | None = None,
                mininterval=1.0)
     progress = bar.update
     if kind == "medium-replay":
-        episodes = _replay_episodes(family, snaps, n_steps, replay["start_steps"],
+        episodes = replay_episodes(family, snaps, n_steps, replay["start_steps"],
                                     replay["expl_noise"], kind_seed, progress)
     else:
         episodes = _rollout_episodes(family, policy(kind), n_steps, recipe.rollout_noise,

@@ -88,7 +88,8 @@ class DiffusionWorldModel(nn.Module):
                                           dtype=x0.dtype), generator=generator)  # [B] 1 = use g
         x_t = self.scheduler.add_noise(x0, noise, t)
         x_t = self.conditioning(x_t, x0[:, 0, :self.obs_dim], actions)
-        eps = (forward or self.unet)(x_t, t, returns, actions, keep)         # [B, T, C]
+        # The loss is reduced in fp32 even when the forward ran under bf16 autocast.
+        eps = (forward or self.unet)(x_t, t, returns, actions, keep).float()  # [B, T, C]
         mask = self.loss_mask.to(eps.dtype)
         sq = (eps - noise) ** 2 * mask
         return sq.sum() / (mask.sum() * b)

@@ -25,7 +25,7 @@ from dawm_fast.step_graphs import StepGraph, make_fused, portable_optimizer_stat
 from dawm_fast.world_model.diffusion import DiffusionWorldModel
 from dawm_fast.world_model.fused_unet import fused_unet_forward
 from dawm_fast.world_model.training import (WindowBatcher, WorldModelTrainer,
-                                            WorldModelTrainerConfig, _unpack)
+                                            WorldModelTrainerConfig, _unpack, loss_autocast)
 from kernels import HAS_TRITON
 
 
@@ -52,8 +52,9 @@ class FastWorldModelTrainer(WorldModelTrainer):
 
     def _step_body(self, batch_fn):
         x0, returns, actions = batch_fn()
-        loss = self.model.loss(x0, returns, actions, generator=self.generator,
-                               forward=self.forward)
+        with loss_autocast(self.device, self.cfg.bf16):
+            loss = self.model.loss(x0, returns, actions, generator=self.generator,
+                                   forward=self.forward)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         out = {"loss": loss.detach()}

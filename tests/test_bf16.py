@@ -1,0 +1,110 @@
+"""bf16 autocast in world-model training ([7]): off by default, on only where its loss curve
+matches fp32's.
+
+The comparison trains two copies of one model from the same initial weights on the same batches
+with the same noise draws, one in fp32 and one under bf16 autocast (fp32 weights, grads, Adam), so
+step-for-step loss differences are precision alone. On a GPU the same tests run a larger model on
+the device they are meant for (and the fast trainer's CUDA graph with autocast inside).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from dawm_fast.world_model import (DiffusionWorldModel, TemporalUNetConfig, WorldModelConfig,
+                                   WorldModelTrainer, WorldModelTrainerConfig)
+from dawm_fast.world_model.diffusion import EMAConfig
+from dawm_fast.world_model.fast_training import FastWorldModelTrainer
+from dawm_fast.world_model.training import WindowBatcher
+
+CUDA = torch.cuda.is_available()
+DEVICE = "cuda" if CUDA else "cpu"
+OBS, ACT, T = 11, 3, 8
+CFG = WorldModelTrainerConfig(lr=1e-3, ema=EMAConfig(start_step=10))
+
+
+@pytest.fixture
+def seed(request) -> int:
+    s = int(np.random.SeedSequence().entropy % 2**31)
+    print(f"{request.node.name}: seed {s}")
+    return s
+
+
+def _model(seed: int, dim: int) -> DiffusionWorldModel:
+    torch.manual_seed(seed)
+    return DiffusionWorldModel(OBS, ACT, WorldModelConfig(horizon=T, unet=TemporalUNetConfig(
+        dim=dim, dim_mults=(1, 2, 4)))).to(DEVICE)
+
+
+def _windows(seed: int, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Smooth random trajectories (a learnable signal, unlike i.i.d. noise): x0 [n, T, C]."""
+    g = torch.Generator().manual_seed(seed)
+    c = OBS + ACT + 1
+    start = torch.rand(n, 1, c, generator=g) * 2 - 1
+    drift = (torch.rand(n, 1, c, generator=g) * 2 - 1) * 0.1
+    x0 = (start + drift * torch.arange(T).view(1, T, 1)).clamp(-1, 1)
+    return x0.to(DEVICE), torch.rand(n, generator=g).to(DEVICE), x0[:, 0, OBS:OBS + ACT].to(DEVICE)
+
+
+def _losses(trainer, batcher: WindowBatcher, steps: int) -> np.ndarray:
+    return np.array([float(trainer.train_step(batcher)["loss"]) for _ in range(steps)])
+
+
+def test_bf16_loss_curve_matches_fp32(seed):
+    """Same init, same batches, same noise: the bf16 curve tracks the fp32 one step by step and
+    ends at the same level, and both learn (the last third well below the first steps)."""
+    dim, batch, steps = (64, 256, 300) if CUDA else (16, 32, 150)
+    x0, ret, act = _windows(seed, 4096)
+    curves = {}
+    for bf16 in (False, True):
+        trainer = WorldModelTrainer(_model(seed % 1000, dim), dataclasses.replace(CFG, bf16=bf16))
+        batcher = WindowBatcher(x0, ret, act, batch,
+                                torch.Generator(device=DEVICE).manual_seed(seed))
+        curves[bf16] = _losses(trainer, batcher, steps)
+    fp32, bf16 = curves[False], curves[True]
+    tail = slice(2 * steps // 3, None)
+    print(f"fp32 tail {fp32[tail].mean():.4f}, bf16 tail {bf16[tail].mean():.4f}, "
+          f"median step difference {np.median(np.abs(bf16 - fp32) / fp32):.4f}")
+    assert np.all(np.isfinite(bf16))
+    assert fp32[tail].mean() < 0.9 * fp32[:10].mean() and bf16[tail].mean() < 0.9 * bf16[:10].mean()
+    assert abs(bf16[tail].mean() - fp32[tail].mean()) <= 0.05 * fp32[tail].mean()
+    assert np.median(np.abs(bf16 - fp32) / fp32) <= 0.05
+
+
+def test_bf16_is_off_by_default_and_changes_the_forward_dtype(seed):
+    """The default trainer runs fp32; with bf16 on, the U-Net's output is bf16 inside the step
+    while the weights and the loss stay fp32."""
+    assert WorldModelTrainerConfig().bf16 is False
+    x0, ret, act = _windows(seed, 64)
+    trainer = WorldModelTrainer(_model(seed % 1000, 8), dataclasses.replace(CFG, bf16=True))
+    seen = []
+    handle = trainer.model.unet.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+    out = trainer.train_step((x0[:16], ret[:16], act[:16]))
+    handle.remove()
+    assert seen == [torch.bfloat16]
+    assert isinstance(out["loss"], float) and np.isfinite(out["loss"])
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+    assert all(p.grad is None or p.grad.dtype == torch.float32
+               for p in trainer.model.parameters())
+
+
+def test_fast_trainer_bf16_matches_reference_bf16(seed):
+    """The fast trainer under bf16 autocast (on a GPU: autocast inside the step's CUDA graph, the
+    Triton epilogues reading and writing bf16; on a CPU under TRITON_INTERPRET=1 the same
+    kernels interpreted) against the reference trainer under bf16: losses within bf16 rounding."""
+    from kernels import triton_usable
+    if not CUDA and not triton_usable(torch.zeros(1)):
+        pytest.skip("Triton runs on a CPU only under TRITON_INTERPRET=1")
+    dim, batch, steps = (32, 64, 20) if CUDA else (8, 2, 2)
+    x0, ret, act = _windows(seed, 256)
+    cfg = dataclasses.replace(CFG, bf16=True)
+    ref = WorldModelTrainer(_model(seed % 1000, dim), cfg)
+    fast = FastWorldModelTrainer(_model(seed % 1000, dim), cfg, use_triton=True)
+    gens = [torch.Generator(device=DEVICE).manual_seed(seed) for _ in range(2)]
+    r = _losses(ref, WindowBatcher(x0, ret, act, batch, gens[0]), steps)
+    f = _losses(fast, WindowBatcher(x0, ret, act, batch, gens[1]), steps)
+    print(f"reference bf16 {r}, fast bf16 {f}")
+    np.testing.assert_allclose(f, r, rtol=3e-2)
