@@ -1,0 +1,72 @@
+"""The banded-GEMM form of the U-Net's short-horizon convolutions (fused_unet._conv1d): the same
+function as F.conv1d, forward and backward, on fresh random inputs; the CPU inference cache
+follows in-place weight updates."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dawm_fast.world_model.fused_unet import _conv1d, _conv1d_banded, banded_weight
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture
+def seed(request) -> int:
+    s = int(np.random.SeedSequence().entropy % 2**31)
+    print(f"{request.node.name}: seed {s}")
+    return s
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("cin,cout,k,t", [(8, 16, 5, 2), (64, 32, 5, 2), (24, 40, 5, 1),
+                                          (16, 16, 7, 3), (12, 20, 3, 1), (32, 64, 5, 4),
+                                          (9, 5, 5, 8)])
+def test_banded_conv_matches_conv1d_forward_and_backward(seed, device, cin, cout, k, t):
+    """Any horizon (the banded form is exact for every T; _conv1d uses it for T <= k // 2)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(6, cin, t, generator=g).to(device).requires_grad_()
+    w = torch.randn(cout, cin, k, generator=g).to(device).requires_grad_()
+    dy = torch.randn(6, cout, t, generator=g).to(device)
+    want = F.conv1d(x, w, None, 1, k // 2)
+    got = _conv1d_banded(x, w, k // 2)
+    assert got.shape == want.shape and got.is_contiguous()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    gx_w, gw_w = torch.autograd.grad(want, (x, w), dy)
+    gx, gw = torch.autograd.grad(got, (x, w), dy)
+    torch.testing.assert_close(gx, gx_w, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gw, gw_w, rtol=1e-5, atol=1e-5)
+
+
+def test_banded_weight_layout(seed):
+    """Row (o, s), column (c, u) = weight[o, c, u - s + padding], zero outside the kernel."""
+    g = torch.Generator().manual_seed(seed)
+    cout, cin, k, t, pad = 3, 2, 5, 4, 2
+    w = torch.randn(cout, cin, k, generator=g)
+    m = banded_weight(w, pad, t).view(cout, t, cin, t)
+    for o in range(cout):
+        for s in range(t):
+            for c in range(cin):
+                for u in range(t):
+                    j = u - s + pad
+                    want = w[o, c, j] if 0 <= j < k else 0.0
+                    assert m[o, s, c, u] == want
+
+
+def test_cpu_inference_cache_follows_weight_updates(seed):
+    """Inference on the CPU reuses a conv's banded matrix; an in-place update of the weight
+    (an optimizer step, an EMA lerp, load_state_dict) must invalidate it."""
+    g = torch.Generator().manual_seed(seed)
+    conv = torch.nn.Conv1d(16, 32, 5, padding=2)
+    x = torch.randn(4, 16, 2, generator=g)
+    with torch.no_grad():
+        first = _conv1d(x, conv)
+        torch.testing.assert_close(first, F.conv1d(x, conv.weight, None, 1, 2))
+        conv.weight.mul_(-0.5)
+        second = _conv1d(x, conv)
+        torch.testing.assert_close(second, F.conv1d(x, conv.weight, None, 1, 2))
+        conv.load_state_dict({"weight": torch.randn(32, 16, 5, generator=g),
+                              "bias": conv.bias.clone()})
+        torch.testing.assert_close(_conv1d(x, conv), F.conv1d(x, conv.weight, None, 1, 2))
