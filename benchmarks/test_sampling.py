@@ -1,4 +1,5 @@
-"""Sampling throughput: synthetic transitions per second, reference vs fast vs torch.compile."""
+"""Sampling throughput: synthetic transitions per second, reference vs fast (fp32, and bf16 on a
+GPU) vs torch.compile."""
 from __future__ import annotations
 
 import pytest
@@ -7,20 +8,23 @@ import torch
 from conftest import DEVICE, OBS_DIM, ACT_DIM, record, skip_large_batch_on_cpu, sync
 from dawm_fast.sampling import SamplingConfig, sample_windows
 
-IMPLS = ("reference", "fast", "compile")
+IMPLS = ("reference", "fast", "fast-bf16", "compile")
 
 
 @pytest.mark.parametrize("batch", [64, 256, 1024, 4096])
 @pytest.mark.parametrize("impl", IMPLS)
 def test_sampling_throughput(benchmark, world_model, compiled_model, impl, batch):
     skip_large_batch_on_cpu(batch)
+    if impl == "fast-bf16" and DEVICE.type != "cuda":
+        pytest.skip("bf16 autocast is a GPU option: a CPU without bf16 matrix units runs its "
+                    "GEMMs slower than fp32")
     g = torch.Generator(device=DEVICE)
     s0 = torch.rand(batch, OBS_DIM, device=DEVICE) * 2 - 1
     a0 = torch.rand(batch, ACT_DIM, device=DEVICE) * 2 - 1
     ret = torch.full((batch,), 0.9, device=DEVICE)
-    cfg = SamplingConfig(batch_size=batch)
+    cfg = SamplingConfig(batch_size=batch, bf16=impl == "fast-bf16")
     model = compiled_model if impl == "compile" else world_model
-    backend = "fast" if impl == "fast" else "reference"
+    backend = "fast" if impl.startswith("fast") else "reference"
 
     def sample():
         g.manual_seed(0)

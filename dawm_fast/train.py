@@ -7,6 +7,7 @@ from the last checkpoint). Writes DIR/results.json, DIR/metrics.csv and DIR/plot
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -45,8 +46,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "rerun without it to continue")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     p.add_argument("--bf16", action="store_true",
-                   help="train the world model under bf16 autocast (fp32 weights and Adam); "
-                        "for GPUs with bf16 tensor cores, off by default")
+                   help="world-model training and sampling under bf16 autocast (fp32 weights, "
+                        "Adam and DDIM state); for GPUs with bf16 tensor cores, off by default")
     return p.parse_args(argv)
 
 
@@ -72,11 +73,13 @@ def build_config(args: argparse.Namespace):
     for name in ("synthetic_ratio", "rl_steps", "wm_steps", "target_return"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
-    if args.bf16:
-        overrides["wm_bf16"] = True
     if not 0.0 <= overrides.get("synthetic_ratio", 0.0) <= 1.0:
         die(f"--synthetic-ratio must be in [0, 1], got {args.synthetic_ratio}")
-    return preset_config(preset, args.env, args.algo, **overrides)
+    cfg = preset_config(preset, args.env, args.algo, **overrides)
+    if args.bf16:
+        cfg.wm_bf16 = True
+        cfg.sampling = dataclasses.replace(cfg.sampling, bf16=True)
+    return cfg
 
 
 def check_out_dir(out: Path, cfg) -> None:

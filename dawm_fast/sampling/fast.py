@@ -15,7 +15,7 @@ import weakref
 
 import torch
 
-from dawm_fast.sampling.generate import SamplingConfig, register_backend
+from dawm_fast.sampling.generate import SamplingConfig, register_backend, unet_autocast
 from dawm_fast.world_model.diffusion import DiffusionWorldModel
 from dawm_fast.world_model.fused_unet import fused_unet_forward
 from dawm_fast.world_model.scheduler import DDIMScheduler
@@ -48,8 +48,8 @@ def sample_fast(model: DiffusionWorldModel, s0: torch.Tensor, a0: torch.Tensor,
                        torch.zeros(b, device=dev, dtype=dt)])               # [2B]
     for i, t in enumerate(timesteps):
         t2 = torch.full((2 * b,), t, device=dev, dtype=torch.long)          # [2B]
-        eps2 = fused_unet_forward(model.unet, torch.cat([x, x]), t2, returns2, actions2, mask2,
-                                  use_triton=use_triton)                    # [2B, T, C]
+        eps2 = _unet_forward(model.unet, use_triton, cfg.bf16, torch.cat([x, x]), t2, returns2,
+                             actions2, mask2)                               # [2B, T, C]
         noise = None
         if cfg.eta > 0:
             # Unscaled: the kernel applies the temperature (noise_scale) exactly as
@@ -60,17 +60,25 @@ def sample_fast(model: DiffusionWorldModel, s0: torch.Tensor, a0: torch.Tensor,
     return x
 
 
-# One forward callable per (model, kernel choice), alive as long as the model: the C++ sampler
-# caches its CUDA graphs per forward object, so a fresh partial per call would recapture.
+def _unet_forward(unet, use_triton: bool, bf16: bool, x2, t2, returns2, actions2, mask2):
+    """One fused 2B forward -> fp32 eps2, under bf16 autocast when asked."""
+    with unet_autocast(x2.device, SamplingConfig(bf16=bf16)):
+        eps2 = fused_unet_forward(unet, x2, t2, returns2, actions2, mask2, use_triton=use_triton)
+    return eps2.float()
+
+
+# One forward callable per (model, kernel choice, precision), alive as long as the model: the C++
+# sampler caches its CUDA graphs per forward object, so a fresh partial per call would recapture
+# (and one object for both precisions would replay an fp32 graph for a bf16 call).
 _FORWARDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _forward_for(model: DiffusionWorldModel, use_triton: bool):
+def _forward_for(model: DiffusionWorldModel, use_triton: bool, bf16: bool):
     per_model = _FORWARDS.setdefault(model, {})
-    if use_triton not in per_model:
-        per_model[use_triton] = functools.partial(fused_unet_forward, model.unet,
-                                                  use_triton=use_triton)
-    return per_model[use_triton]
+    if (use_triton, bf16) not in per_model:
+        per_model[(use_triton, bf16)] = functools.partial(_unet_forward, model.unet, use_triton,
+                                                          bf16)
+    return per_model[(use_triton, bf16)]
 
 
 def _sample_fast(model: DiffusionWorldModel, s0: torch.Tensor, a0: torch.Tensor,
@@ -87,7 +95,7 @@ def _sample_fast(model: DiffusionWorldModel, s0: torch.Tensor, a0: torch.Tensor,
     if not has_ops():
         return sample_fast(model, s0, a0, returns, cfg, generator, use_triton=use_triton)
     return sample_cpp(model, s0, a0, returns, cfg, generator,
-                      forward=_forward_for(model, use_triton))
+                      forward=_forward_for(model, use_triton, cfg.bf16))
 
 
 register_backend("fast", _sample_fast)

@@ -30,6 +30,16 @@ class SamplingConfig:
     temperature: float = 0.5            # scales the initial noise and any eta noise
     eta: float = 0.0                    # DDIM eta; 0 = deterministic given the initial noise
     batch_size: int = 4096              # windows per sample_windows call in generate_transitions
+    # U-Net forwards under bf16 autocast (the DDIM state and update stay fp32). Off by default: a
+    # GPU speed option whose samples differ from fp32 by bf16 rounding, amplified per step.
+    bf16: bool = False
+
+
+def unet_autocast(device: torch.device, cfg: SamplingConfig):
+    """The autocast region of one sampling U-Net forward (a no-op unless ``cfg.bf16``); no weight
+    cast cache, so a captured CUDA graph holds no cached casts."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16,
+                          cache_enabled=False)
 
 
 SamplingBackend = Callable[
@@ -57,8 +67,9 @@ def _sample_reference(model: DiffusionWorldModel, s0: torch.Tensor, a0: torch.Te
     w = cfg.guidance_weight
     for i, t in enumerate(timesteps):
         t2 = torch.full((2 * b,), t, device=s0.device, dtype=torch.long)   # [2B]
-        eps_cond, eps_uncond = model.unet(torch.cat([x, x]), t2, returns2, actions2,
-                                          mask2).chunk(2)                  # [B, T, C] each
+        with unet_autocast(s0.device, cfg):
+            eps2 = model.unet(torch.cat([x, x]), t2, returns2, actions2, mask2)  # [2B, T, C]
+        eps_cond, eps_uncond = eps2.float().chunk(2)                       # [B, T, C] each
         eps = w * eps_cond + (1.0 - w) * eps_uncond
         noise = None
         if cfg.eta > 0:

@@ -43,8 +43,10 @@ def _cpu_epilogue(conv_out: torch.Tensor, bias: torch.Tensor, gamma: torch.Tenso
                   emb_add: torch.Tensor | None = None,
                   residual: torch.Tensor | None = None) -> torch.Tensor:
     """The CPU epilogue: the fused C++ op for inference, else the plain-PyTorch reference (which
-    autograd differentiates)."""
-    if _no_grad_cpu(conv_out, bias, gamma, beta, emb_add, residual):
+    autograd differentiates; also for bf16 inputs, which the C++ op does not take)."""
+    tensors = (conv_out, bias, gamma, beta, emb_add, residual)
+    if (_no_grad_cpu(*tensors)
+            and all(t is None or t.dtype == torch.float32 for t in tensors)):
         from dawm_fast import ops   # lazy: dawm_fast.ops imports the world model package
         if ops.has_ops():
             return ops.groupnorm_mish(
