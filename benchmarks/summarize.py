@@ -19,16 +19,19 @@ def main(path: str) -> None:
             continue
         name = b["name"].split("[")[0].removeprefix("test_")
         size = info.get("batch", info.get("rows", ""))
-        if "algo" in info:
-            name = f"{name} ({info['algo']})"
+        if "algo" in info or "case" in info:
+            name = f"{name} ({info.get('algo', info.get('case'))})"
         # Per item: an RL benchmark call runs several updates.
         mean = b["stats"]["mean"] / info.get("updates_per_call", 1)
         rows[(name, size)][info.get("impl", "reference")] = (mean, info)
     device = next(iter(data["benchmarks"]))["extra_info"].get("device", "?")
     print(f"Device: {device}; torch {data['benchmarks'][0]['extra_info'].get('torch')}; "
           f"{data['datetime'][:10]}\n")
-    bf16 = any("fast-bf16" in impls for impls in rows.values())
-    extra = (" fast bf16 | bf16/reference |", " --- | --- |") if bf16 else ("", "")
+    # Columns beyond reference / fast / compile, each with its ratio to the reference.
+    others = sorted({i for impls in rows.values() for i in impls} - {"reference", "fast",
+                                                                      "compile"})
+    extra = ("".join(f" {o} | {o}/reference |" for o in others),
+             " --- | --- |" * len(others))
     print("| benchmark | size | reference | fast | compile | fast/reference | fast/compile |"
           + extra[0])
     print("| --- | --- | --- | --- | --- | --- | --- |" + extra[1])
@@ -43,8 +46,8 @@ def main(path: str) -> None:
         (r, rm), (f, fm), (c, cm) = cell("reference"), cell("fast"), cell("compile")
         speed = lambda a, b: f"{b / a:.2f}x" if a and b else ""
         line = f"| {name} | {size} | {r} | {f} | {c} | {speed(fm, rm)} | {speed(fm, cm)} |"
-        if bf16:
-            h, hm = cell("fast-bf16")
+        for o in others:
+            h, hm = cell(o)
             line += f" {h} | {speed(hm, rm)} |"
         print(line)
     for b in data["benchmarks"]:

@@ -1,5 +1,5 @@
 """The CPU fast path of the fused U-Net: the ``dawm_fast::groupnorm_mish`` CPU op, the
-short-horizon convolution forms, and ``fused_unet_forward(..., use_triton=False)`` /
+short-horizon convolution form, and ``fused_unet_forward(..., use_triton=False)`` /
 ``sample_windows(backend="fast")`` against the plain-PyTorch modules."""
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ import torch.nn.functional as F
 from dawm_fast import ops
 from dawm_fast.sampling import SamplingConfig, sample_windows
 from dawm_fast.world_model import DiffusionWorldModel, TemporalUNetConfig, WorldModelConfig
-from dawm_fast.world_model.fused_unet import (_conv1d_cpu, _conv1d_gemm, _cropped_taps,
-                                              fused_unet_forward)
+from dawm_fast.world_model.fused_unet import _conv1d, fused_unet_forward
 from kernels.groupnorm_mish import groupnorm_mish_reference
 
 if not ops.has_ops():
@@ -83,19 +82,19 @@ def test_groupnorm_mish_op_rejects_bad_arguments():
 # ---- short-horizon convolutions ----------------------------------------------------------------
 @pytest.mark.parametrize("cin,cout,t", [(32, 32, 8), (32, 64, 4), (64, 128, 2), (256, 64, 2),
                                         (128, 512, 4), (24, 40, 1), (7, 9, 3)])
-def test_short_horizon_conv_matches_conv1d(cin, cout, t):
+@pytest.mark.parametrize("grad", [False, True])
+def test_short_horizon_conv_matches_conv1d(cin, cout, t, grad):
+    """_conv1d (banded GEMM below the device's horizon limit, else F.conv1d) on the CPU, for
+    inference and under autograd."""
     gen = torch.Generator().manual_seed(cin + cout + t)
     x = torch.randn(5, cin, t, generator=gen)
     conv = torch.nn.Conv1d(cin, cout, 5, padding=2)
     want = F.conv1d(x, conv.weight, None, 1, 2)
     scale = want.abs().max()
-    w, pad = _cropped_taps(conv.weight, 2, t)
-    assert w.shape[2] == min(5, 2 * t - 1)
-    with torch.no_grad():
-        for got in (F.conv1d(x, w, None, 1, pad), _conv1d_gemm(x, w, pad),
-                    _conv1d_gemm(x, conv.weight, 2), _conv1d_cpu(x, conv)):
-            assert got.shape == want.shape
-            assert_close(got / scale, want / scale, rtol=0, atol=1e-5)
+    with torch.set_grad_enabled(grad):
+        got = _conv1d(x, conv)
+    assert got.shape == want.shape and got.requires_grad == grad
+    assert_close(got.detach() / scale, want.detach() / scale, rtol=0, atol=1e-5)
 
 
 # ---- fused U-Net forward / fast sampling ------------------------------------------------------

@@ -5,10 +5,10 @@ GEMMs/convs, run without their bias; bias add, GroupNorm, Mish and the ResidualT
 embedding add (block1) or residual add (block2) are one ``groupnorm_mish`` kernel call per
 Conv1dBlock. The embedding MLPs, down/upsampling and the final 1x1 conv are the module's own layers.
 
-Convolutions (``_conv1d``): at the deepest levels (T <= k // 2, where the widest channels and most
-of the FLOPs are) one banded GEMM, exact and 2.5x fewer FLOPs than the padded conv at T = 2, with
-or without autograd, on any device; longer horizons keep cuDNN/mkldnn (or, for CPU inference, the
-cropped-kernel forms of ``_conv1d_cpu``).
+Convolutions (``_conv1d``): over short horizons (T < k, the deepest levels, where the widest
+channels and most of the FLOPs are) one banded GEMM, exact and 2.5x fewer FLOPs than the padded
+conv at T = 2, with or without autograd, on any device (``banded_max_horizon`` says where);
+longer horizons keep cuDNN / mkldnn.
 
 ``use_triton`` picks the Triton epilogue or the CPU path; by default ``kernels.triton_usable``
 decides from the input's device. On the CPU path, where no gradient is needed and the C++
@@ -55,27 +55,6 @@ def _cpu_epilogue(conv_out: torch.Tensor, bias: torch.Tensor, gamma: torch.Tenso
                 None if residual is None else residual.contiguous())
     return groupnorm_mish_reference(conv_out, bias, gamma, beta, num_groups, eps,
                                     emb_add=emb_add, residual=residual)
-
-
-def _cropped_taps(weight: torch.Tensor, padding: int, t: int) -> tuple[torch.Tensor, int]:
-    """(weight, padding) of a stride-1 "same" conv over t steps, without the taps that only ever
-    see zero padding: output step s reads input s + j - padding, which exists only for
-    |j - padding| < t. Same function as the full kernel."""
-    k = weight.shape[2]
-    lo, hi = max(0, padding - (t - 1)), min(k, padding + t)
-    if lo == 0 and hi == k:
-        return weight, padding
-    return weight[:, :, lo:hi], padding - lo
-
-
-def _conv1d_gemm(x: torch.Tensor, weight: torch.Tensor, padding: int) -> torch.Tensor:
-    """Stride-1 conv1d (no bias) as one im2col GEMM: [B*T, in_ch*k] @ [in_ch*k, out_ch]."""
-    b, cin, t = x.shape
-    cout, _, k = weight.shape
-    cols = F.pad(x, (padding, padding)).unfold(2, k, 1)                    # [B, in_ch, T, k]
-    cols = cols.permute(0, 2, 1, 3).reshape(b * t, cin * k)                 # [B*T, in_ch*k]
-    out = cols @ weight.reshape(cout, cin * k).t()                          # [B*T, out_ch]
-    return out.view(b, t, cout).transpose(1, 2).contiguous()                # [B, out_ch, T]
 
 
 def banded_weight(weight: torch.Tensor, padding: int, t: int) -> torch.Tensor:
@@ -126,39 +105,29 @@ def _same_padding(conv: torch.nn.Conv1d) -> int | None:
     return pad
 
 
+def banded_max_horizon(device: torch.device, kernel_size: int, training: bool) -> int:
+    """Longest horizon whose "same" convolutions run as banded GEMMs. A banded GEMM multiplies
+    T*T weights per channel pair, the padded conv k*T: fewer for every T < k. Measured on the CPU
+    (1 thread, other cores idle; benchmarks/test_conv_forms.py): inference 1.2-4x faster than
+    mkldnn's conv for every T < k; forward + backward clearly faster at T <= k // 2 (1.2-1.5x),
+    mixed between. On a GPU every T < k, as one cuBLAS GEMM instead of cuDNN's tiny-horizon
+    convolutions (the same benchmark measures it there)."""
+    if device.type == "cpu" and training:
+        return kernel_size // 2
+    return kernel_size - 1
+
+
 def _conv1d(x: torch.Tensor, conv: torch.nn.Conv1d) -> torch.Tensor:
     """``F.conv1d(x, conv.weight)`` (no bias) in its cheapest exact form, on any device, with or
-    without autograd. Horizons T <= k // 2 (the U-Net's deepest, widest levels): one banded
-    GEMM (measured on 1 CPU thread at T = 2: 1.1-1.8x faster than the best conv form for
-    inference, 3-5x for forward + backward, where mkldnn's conv backward is slow; on a GPU it
-    turns the convolutions that carry most of the FLOPs into 2.5x fewer FLOPs of plain GEMM).
-    Longer horizons: on the CPU without autograd the short-horizon forms of ``_conv1d_cpu``,
-    else ``F.conv1d``."""
+    without autograd: a banded GEMM for short horizons (``banded_max_horizon``; at T = 2, where
+    the U-Net's widest levels carry most of its FLOPs, 2.5x fewer multiplies), else
+    ``F.conv1d``."""
     w = conv.weight
     pad = _same_padding(conv)
-    if pad is not None and x.shape[2] <= w.shape[2] // 2:
+    training = torch.is_grad_enabled() and (x.requires_grad or w.requires_grad)
+    if pad is not None and x.shape[2] <= banded_max_horizon(x.device, w.shape[2], training):
         return _conv1d_banded(x, w, pad)
-    if _no_grad_cpu(x, w):
-        return _conv1d_cpu(x, conv)
     return F.conv1d(x, w, None, conv.stride, conv.padding, conv.dilation, conv.groups)
-
-
-def _conv1d_cpu(x: torch.Tensor, conv: torch.nn.Conv1d) -> torch.Tensor:
-    """``F.conv1d(x, conv.weight)`` (no bias) for inference on the CPU for horizons k // 2 < T
-    < k (measured with 1 thread, B = 128..512, k = 5): the kernel cropped to the taps that touch
-    data, as one im2col GEMM for wide outputs (out_ch >= 128 and >= in_ch), else mkldnn's conv."""
-    w = conv.weight
-    t, k = x.shape[2], w.shape[2]
-    pad = _same_padding(conv)
-    if pad is None or t >= k:
-        return F.conv1d(x, w, None, conv.stride, conv.padding, conv.dilation, conv.groups)
-    if t <= k // 2:
-        return _conv1d_banded(x, w, pad)
-    w, pad = _cropped_taps(w, pad, t)
-    cin, cout = w.shape[1], w.shape[0]
-    if cout >= 128 and cout >= cin:
-        return _conv1d_gemm(x, w, pad)
-    return F.conv1d(x, w, None, 1, pad)
 
 
 def _conv_block(block: Conv1dBlock, x: torch.Tensor, epilogue: Epilogue,
