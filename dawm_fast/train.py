@@ -121,6 +121,9 @@ def main(argv=None) -> int:
           f"backend {cfg.backend} | device {cfg.device} ({torch.get_num_threads()} CPU threads) | "
           f"data source {cfg.data_source} | synthetic ratio {cfg.synthetic_ratio} | out {out}",
           flush=True)
+    if cfg.wm_bf16 and not cfg.device.startswith("cuda"):
+        print("note: --bf16 on a CPU runs, but slower than fp32 on CPUs without bf16 matrix units; "
+              "it is meant for GPUs", flush=True)
     if args.until is not None and args.until not in STAGES:
         die(f"unknown --until {args.until!r}; valid: {', '.join(STAGES)}")
     try:
