@@ -3,7 +3,8 @@ the embedded datasets are generated from (``dawm_fast/data/policies/<env>.{npz,j
 
     python -m dawm_fast.behavior.export --env walker2d --workdir runs/behavior/walker2d
 
-- expert: the snapshot with the best 10-episode evaluation among the run's best logged ones
+- expert: among the run's best logged snapshots, the one whose 10 episodes with the dataset's
+  action noise (the rollouts the expert dataset is made of) return the most
 - medium: the snapshot whose 10-episode return is closest to `medium_fraction` of the expert's,
   among those logged between a third and a half of it (the D4RL recipe's "about a third")
 - replay: every snapshot before the medium one (float16), from which medium-replay is rebuilt
@@ -21,21 +22,28 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 
-from dawm_fast.data.embedded import POLICY_DIR
+from dawm_fast.data.embedded import POLICY_DIR, RECIPE
 from dawm_fast.data.numpy_policy import NumpyPolicy
 from dawm_fast.data.tasks import env_family
 
 EVAL_SEED = 777
 
 
-def evaluate(policy, gym_id: str, episodes: int = 10, seed: int = EVAL_SEED) -> np.ndarray:
+def evaluate(policy, gym_id: str, episodes: int = 10, seed: int = EVAL_SEED,
+             noise: float = 0.0) -> np.ndarray:
+    """Returns of `episodes` episodes; with `noise`, Gaussian action noise as the dataset
+    rollouts add it (embedded.RECIPE.rollout_noise)."""
     env = gym.make(gym_id)
+    rng = np.random.default_rng(seed)
     rets = []
     for i in range(episodes):
         o, _ = env.reset(seed=seed + i)
         done, ret = False, 0.0
         while not done:
-            o, r, term, trunc, _ = env.step(policy(o[None])[0])
+            a = policy(o[None])[0]
+            if noise > 0:
+                a = np.clip(a + rng.normal(0, noise, a.shape), -1, 1).astype(np.float32)
+            o, r, term, trunc, _ = env.step(a)
             ret += float(r)
             done = term or trunc
         rets.append(ret)
@@ -59,7 +67,21 @@ def _snapshot(workdir: Path, step: int) -> Path:
     return workdir / "snapshots" / f"actor_{step:07d}.npz"
 
 
-def export(env: str, workdir: Path, out_dir: Path = POLICY_DIR, n_expert_candidates: int = 5,
+def _train_command(env: str, cfg: dict, workdir: Path) -> str:
+    """The command line that trains (or resumes) a run with this config.json."""
+    # Which trainer made the run: vector_td3's config has n_envs; online_td3 has "algo".
+    if "n_envs" in cfg:
+        module, extra = "vector_td3", f" --n-envs {cfg['n_envs']} --device {cfg['device']}"
+    else:
+        module = "online_td3"
+        extra = f" --algo {cfg['algo']}" if cfg.get("algo", "td3") != "td3" else ""
+    target = (f" --target-return {cfg['target_return']}"
+              if cfg.get("target_return") is not None else "")
+    return (f"python -m dawm_fast.behavior.{module} --env {env}{extra} --workdir {workdir} "
+            f"--seed {cfg['seed']}{target}")
+
+
+def export(env: str, workdir: Path, out_dir: Path = POLICY_DIR, n_expert_candidates: int = 8,
            medium_fraction: float = 0.4, medium_range=(1 / 3, 1 / 2), command: str = "",
            medium_workdir: Path | None = None) -> dict:
     fam = env_family(env)
@@ -70,12 +92,21 @@ def export(env: str, workdir: Path, out_dir: Path = POLICY_DIR, n_expert_candida
     med_log = log if same_run else _run_log(medium_workdir)
     load_med = lambda step: dict(np.load(_snapshot(medium_workdir, step)))
 
+    # The expert is the candidate whose rollouts WITH the dataset's action noise score best: the
+    # expert dataset is made of those rollouts, and a policy that is excellent deterministically
+    # can fall under noise (seen: walker2d SAC at 520k, 4,078 deterministic, 2,893 noisy).
+    noise = RECIPE.rollout_noise
     best = sorted(log, key=lambda x: -x[1])[:n_expert_candidates]
-    evals = {s: evaluate(NumpyPolicy(load(s)), fam.gym_id_v5) for s, _ in best}
-    expert_step = max(evals, key=lambda s: evals[s].mean())
-    expert_ret = evals[expert_step]
+    noisy = {s: evaluate(NumpyPolicy(load(s)), fam.gym_id_v5, noise=noise) for s, _ in best}
+    for s, _ in best:
+        print(f"[export] expert candidate {s}: {noisy[s].mean():.1f} ± {noisy[s].std():.1f} "
+              f"with action noise {noise}")
+    expert_step = max(noisy, key=lambda s: noisy[s].mean())
+    expert_ret = evaluate(NumpyPolicy(load(expert_step)), fam.gym_id_v5)
+    expert_noisy = noisy[expert_step]
     print(f"[export] expert: step {expert_step}, return {expert_ret.mean():.1f} ± "
-          f"{expert_ret.std():.1f} (10 episodes)")
+          f"{expert_ret.std():.1f} deterministic, {expert_noisy.mean():.1f} ± "
+          f"{expert_noisy.std():.1f} with noise {noise} (10 episodes each)")
 
     lo, hi = (f * expert_ret.mean() for f in medium_range)
     cands = [s for s, r in med_log if lo <= r <= hi and (s < expert_step or not same_run)]
@@ -102,24 +133,22 @@ def export(env: str, workdir: Path, out_dir: Path = POLICY_DIR, n_expert_candida
         for k, v in loader(step).items():
             arrays[f"{prefix}/{k}"] = np.asarray(v, dtype) if k != "max_action" else v
     # Which trainer made the run: vector_td3 writes "algorithm"; online_td3 has "algo".
-    module = "vector_td3" if "n_envs" in cfg else "online_td3"
     algorithm = cfg.get("algorithm") or (f"{cfg.get('algo', 'td3').upper()} "
                                          f"(dawm_fast.behavior.online_td3)")
-    extra = f" --algo {cfg['algo']}" if cfg.get("algo", "td3") != "td3" else ""
-    if module == "vector_td3":
-        extra = f" --n-envs {cfg['n_envs']} --device {cfg['device']}"
+    train = lambda c, wd: _train_command(env, c, wd)
     meta = {
         "env": env, "gym_id": fam.gym_id_v5, "algorithm": algorithm,
-        "command": command or (f"python -m dawm_fast.behavior.{module} --env {env}{extra} "
-                               f"--workdir {workdir} --seed {cfg['seed']} --target-return "
-                               f"{cfg['target_return']} && python -m dawm_fast.behavior.export "
-                               f"--env {env} --workdir {workdir}"
-                               + ("" if same_run else f" --medium-workdir {medium_workdir}")),
+        "command": command or " && ".join(
+            [train(cfg, workdir)] + ([] if same_run else [train(med_cfg, medium_workdir)])
+            + [f"python -m dawm_fast.behavior.export --env {env} --workdir {workdir}"
+               + ("" if same_run else f" --medium-workdir {medium_workdir}")]),
         "train_config": cfg,
         **({} if same_run else {"medium_run": str(medium_workdir), "medium_train_config": med_cfg,
                                 "medium_training_log": med_log}),
         "expert_step": expert_step, "expert_return": float(expert_ret.mean()),
         "expert_return_std": float(expert_ret.std()),
+        "expert_return_noisy": float(expert_noisy.mean()),
+        "expert_return_noisy_std": float(expert_noisy.std()), "rollout_noise": noise,
         "medium_step": medium_step, "medium_return": float(medium_ret.mean()),
         "medium_return_std": float(medium_ret.std()),
         "random_return": float(random_ret.mean()),

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dawm_fast.behavior.run_files import (append_eval_log, atomic_np_save, parse_config,
-                                          save_snapshot)
+                                          reached_target, save_snapshot)
 from dawm_fast.data.embedded import replay_episodes
 from dawm_fast.data.numpy_policy import NumpyPolicy
 from dawm_fast.data.tasks import env_family
@@ -95,6 +95,7 @@ class OnlineTD3Config:
     eval_episodes: int = 5
     checkpoint_every: int = 10_000
     target_return: float | None = None   # stop once a 10-episode evaluation reaches this
+    target_noisy_return: float | None = None  # ... and 10 episodes with the datasets' noise this
     seed: int = 0
     threads: int = 1
 
@@ -295,8 +296,8 @@ class OnlineTD3:
         self.updates += 1
 
     def snapshot(self) -> float:
-        save_snapshot(self.workdir, self.step, self.actor.to_numpy() if self.sac
-                      else actor_to_numpy(self.actor))
+        self.last_snapshot = save_snapshot(self.workdir, self.step, self.actor.to_numpy()
+                                           if self.sac else actor_to_numpy(self.actor))
         rets = evaluate_actor(self.actor, self.gym_id, self.cfg.eval_episodes,
                               seed=10_000 + self.step)
         append_eval_log(self.workdir, self.step, rets, time.time() - self.t0)
@@ -338,14 +339,12 @@ class OnlineTD3:
                 print(f"[{cfg.algo}] step {self.step:>7d}  eval return {mean_ret:8.1f}  "
                       f"{rate:6.0f} steps/s  ETA {eta:5.1f} min (at most)", flush=True)
                 t_rate, s_rate = time.time(), self.step
-                if cfg.target_return is not None and mean_ret >= cfg.target_return:
-                    rets = evaluate_actor(self.actor, self.gym_id, 10, seed=20_000 + self.step)
-                    print(f"[{cfg.algo}] 10-episode check: {rets.mean():.1f} ± {rets.std():.1f}",
-                          flush=True)
-                    if rets.mean() >= cfg.target_return:
-                        self.save()
-                        print(f"[{cfg.algo}] target return reached; stopping", flush=True)
-                        break
+                if (cfg.target_return is not None and mean_ret >= cfg.target_return
+                        and reached_target(self.last_snapshot, self.gym_id, self.step,
+                                           cfg.target_return, cfg.target_noisy_return,
+                                           cfg.algo)):
+                    self.save()
+                    break
             if self.step % cfg.checkpoint_every == 0:
                 self.save()
         self.save()

@@ -45,7 +45,7 @@ def append_eval_log(workdir: Path, step: int, returns: np.ndarray, wall_s: float
 
 def parse_config(config_cls, argv, description: str):
     """``--workdir`` plus one flag per field of the trainer's config dataclass (bools as
-    --x/--no-x; ``target_return`` a float that defaults to None). Returns (config, workdir),
+    --x/--no-x; ``target_*`` floats that default to None). Returns (config, workdir),
     the workdir created."""
     p = argparse.ArgumentParser(description=description,
                                 formatter_class=argparse.RawTextHelpFormatter)
@@ -56,8 +56,34 @@ def parse_config(config_cls, argv, description: str):
             p.add_argument(flag, default=f.default, action=argparse.BooleanOptionalAction)
         else:
             p.add_argument(flag, default=f.default,
-                           type=float if f.name == "target_return" else type(f.default))
+                           type=float if f.name.startswith("target_") else type(f.default))
     args = p.parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
     return (config_cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config_cls)}),
             args.workdir)
+
+
+def reached_target(weights: dict, gym_id: str, step: int, target_return: float | None,
+                   target_noisy_return: float | None, tag: str) -> bool:
+    """The stop rule of a behaviour run, checked once a logged evaluation reaches
+    ``target_return``: 10 deterministic episodes of the snapshot as stored (float16, what export
+    ships) reach ``target_return``, and, when set, 10 episodes with the datasets' action noise
+    reach ``target_noisy_return`` (an expert that falls under that noise makes a poor expert
+    dataset)."""
+    from dawm_fast.behavior.export import evaluate        # lazy: export imports the data layer
+    from dawm_fast.data.embedded import RECIPE
+    from dawm_fast.data.numpy_policy import NumpyPolicy
+    policy = NumpyPolicy(weights)
+    rets = evaluate(policy, gym_id, 10, seed=20_000 + step)
+    print(f"[{tag}] 10-episode check: {rets.mean():.1f} ± {rets.std():.1f}", flush=True)
+    if rets.mean() < target_return:
+        return False
+    if target_noisy_return is not None:
+        noisy = evaluate(policy, gym_id, 10, seed=30_000 + step, noise=RECIPE.rollout_noise)
+        print(f"[{tag}] 10 episodes with action noise {RECIPE.rollout_noise}: "
+              f"{noisy.mean():.1f} ± {noisy.std():.1f}", flush=True)
+        if noisy.mean() < target_noisy_return:
+            return False
+    print(f"[{tag}] target return reached; stopping", flush=True)
+    return True
+

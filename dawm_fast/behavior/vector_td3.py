@@ -31,7 +31,7 @@ import torch
 
 from dawm_fast.behavior.export import evaluate
 from dawm_fast.behavior.run_files import (append_eval_log, atomic_np_save, parse_config,
-                                          save_snapshot)
+                                          reached_target, save_snapshot)
 from dawm_fast.data.numpy_policy import NumpyPolicy
 from dawm_fast.data.tasks import env_family
 from dawm_fast.rl.buffer import Transitions
@@ -54,6 +54,7 @@ class VectorTD3Config:
     snapshot_every: int = 10_000     # actor snapshot + evaluation period (env steps)
     eval_episodes: int = 5
     target_return: float | None = None   # stop once a 10-episode evaluation reaches this
+    target_noisy_return: float | None = None  # ... and 10 episodes with the datasets' noise this
     seed: int = 0
     device: str = "cuda"
     async_envs: bool = True          # one process per environment (False: in this process)
@@ -203,14 +204,10 @@ class VectorTD3:
                       f"{rate:6.0f} steps/s  ETA {eta:5.1f} min (at most)", flush=True)
                 t_rate, s_rate = time.time(), self.step
                 self.save()
-                if cfg.target_return is not None and mean_ret >= cfg.target_return:
-                    rets = evaluate(NumpyPolicy(weights), self.gym_id, 10,
-                                    seed=20_000 + snap_step)
-                    print(f"[vec-td3] 10-episode check: {rets.mean():.1f} ± {rets.std():.1f}",
-                          flush=True)
-                    if rets.mean() >= cfg.target_return:
-                        print("[vec-td3] target return reached; stopping", flush=True)
-                        break
+                if (cfg.target_return is not None and mean_ret >= cfg.target_return
+                        and reached_target(weights, self.gym_id, snap_step, cfg.target_return,
+                                           cfg.target_noisy_return, "vec-td3")):
+                    break
         finally:
             envs.close()
         self.save()
