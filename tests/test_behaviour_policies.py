@@ -38,3 +38,26 @@ def test_expert_rollouts_score_as_experts(env):
     returns = [float(np.sum(e["rewards"])) for e in episodes]
     scores, _ = normalized_score(env, returns)
     assert scores.mean() >= 85, (returns, scores)
+
+
+KINDS = ("medium", "medium-replay", "expert", "medium-expert")
+
+
+@pytest.mark.parametrize("env", committed_envs())
+def test_every_name_generates_and_loads_at_small_size(env, tmp_path):
+    """The real generation path from the committed policies (small sizes, a private Minari
+    store): every dataset name loads offline, says it is the embedded data, has the env's
+    shapes, and keeps terminals (falls) apart from timeouts."""
+    from dawm_fast.data import load_dataset
+    fam = ENV_FAMILIES[env]
+    with embedded.small_store(tmp_path, steps=1500, replay_steps=2500):
+        for kind in KINDS:
+            ds = load_dataset(f"{env}-{kind}")
+            n = len(ds.observations)
+            assert n >= (2500 if kind in ("medium-replay", "medium-expert") else 1500), (kind, n)
+            assert ds.source.startswith("embedded") and f"dawm_fast/{env}/" in ds.source
+            assert ds.observations.shape == ds.next_observations.shape == (n, fam.obs_dim)
+            assert ds.actions.shape == (n, fam.act_dim) and np.abs(ds.actions).max() <= 1
+            assert not (ds.terminals & ds.timeouts).any()
+            if fam.healthy_z is None:           # halfcheetah never terminates
+                assert not ds.terminals.any()

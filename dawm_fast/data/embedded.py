@@ -244,19 +244,15 @@ def write_random_policies(policy_dir: Path, family: EnvFamily, hidden: int = 32,
 
 
 @contextlib.contextmanager
-def random_policy_store(root: Path, family: EnvFamily, steps: int = 2500, n_envs: int = 4):
-    """Within the block, embedded data for ``family`` comes from random-weight policies
-    (``write_random_policies`` under ``root/policies``) at ``steps`` per part, generated into a
-    private Minari store ``root/minari``; everything is put back on exit. For tests and benchmarks
-    that need small embedded datasets of the right shapes."""
+def _private_store(policy_dir: Path, recipe: EmbeddedRecipe, minari_path: Path):
+    """Within the block, embedded data comes from ``policy_dir`` with ``recipe``, generated into
+    the Minari store at ``minari_path``; everything is put back on exit."""
     global POLICY_DIR, RECIPE
     saved = POLICY_DIR, RECIPE, os.environ.get("MINARI_DATASETS_PATH")
-    write_random_policies(root / "policies", family)
-    POLICY_DIR = root / "policies"
-    RECIPE = EmbeddedRecipe(expert_steps=steps, medium_steps=steps, n_envs=n_envs)
-    os.environ["MINARI_DATASETS_PATH"] = str(root / "minari")
+    POLICY_DIR, RECIPE = policy_dir, recipe
+    os.environ["MINARI_DATASETS_PATH"] = str(minari_path)
     try:
-        yield root
+        yield
     finally:
         POLICY_DIR, RECIPE = saved[0], saved[1]
         if saved[2] is None:
@@ -264,3 +260,25 @@ def random_policy_store(root: Path, family: EnvFamily, steps: int = 2500, n_envs
         else:
             os.environ["MINARI_DATASETS_PATH"] = saved[2]
 
+
+@contextlib.contextmanager
+def random_policy_store(root: Path, family: EnvFamily, steps: int = 2500, n_envs: int = 4):
+    """Within the block, embedded data for ``family`` comes from random-weight policies
+    (``write_random_policies`` under ``root/policies``) at ``steps`` per part, generated into a
+    private Minari store ``root/minari``. For tests and benchmarks that need small embedded
+    datasets of the right shapes."""
+    write_random_policies(root / "policies", family)
+    with _private_store(root / "policies", EmbeddedRecipe(
+            expert_steps=steps, medium_steps=steps, n_envs=n_envs), root / "minari"):
+        yield root
+
+
+@contextlib.contextmanager
+def small_store(root: Path, steps: int = 2000, replay_steps: int = 3000, n_envs: int = 4):
+    """Within the block, the committed behaviour policies generate small datasets (``steps`` per
+    medium/expert part, medium-replay capped at ``replay_steps``) into a private Minari store
+    ``root/minari``: the real generation path at test size."""
+    with _private_store(POLICY_DIR, EmbeddedRecipe(
+            expert_steps=steps, medium_steps=steps, n_envs=n_envs, replay_steps=replay_steps),
+            root / "minari"):
+        yield root
