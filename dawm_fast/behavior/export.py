@@ -3,7 +3,7 @@ the embedded datasets are generated from (``dawm_fast/data/policies/<env>.{npz,j
 
     python -m dawm_fast.behavior.export --env walker2d --workdir runs/behavior/walker2d
 
-- expert: among the run's best logged snapshots, the one whose 10 episodes with the dataset's
+- expert: among the run's best logged snapshots, the one whose 20 episodes with the dataset's
   action noise (the rollouts the expert dataset is made of) return the most
 - medium: the snapshot whose 10-episode return is closest to `medium_fraction` of the expert's,
   among those logged between a third and a half of it (the D4RL recipe's "about a third")
@@ -97,7 +97,8 @@ def export(env: str, workdir: Path, out_dir: Path = POLICY_DIR, n_expert_candida
     # can fall under noise (seen: walker2d SAC at 520k, 4,078 deterministic, 2,893 noisy).
     noise = RECIPE.rollout_noise
     best = sorted(log, key=lambda x: -x[1])[:n_expert_candidates]
-    noisy = {s: evaluate(NumpyPolicy(load(s)), fam.gym_id_v5, noise=noise) for s, _ in best}
+    noisy = {s: evaluate(NumpyPolicy(load(s)), fam.gym_id_v5, episodes=20, noise=noise)
+             for s, _ in best}
     for s, _ in best:
         print(f"[export] expert candidate {s}: {noisy[s].mean():.1f} ± {noisy[s].std():.1f} "
               f"with action noise {noise}")
@@ -106,7 +107,7 @@ def export(env: str, workdir: Path, out_dir: Path = POLICY_DIR, n_expert_candida
     expert_noisy = noisy[expert_step]
     print(f"[export] expert: step {expert_step}, return {expert_ret.mean():.1f} ± "
           f"{expert_ret.std():.1f} deterministic, {expert_noisy.mean():.1f} ± "
-          f"{expert_noisy.std():.1f} with noise {noise} (10 episodes each)")
+          f"{expert_noisy.std():.1f} with noise {noise} (10 and 20 episodes)")
 
     lo, hi = (f * expert_ret.mean() for f in medium_range)
     cands = [s for s, r in med_log if lo <= r <= hi and (s < expert_step or not same_run)]
