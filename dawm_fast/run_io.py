@@ -92,8 +92,10 @@ class Progress:
         done = step - self.start
         rate = done / max(now - self.t_start, 1e-9)
         eta = (self.total - step) / rate if rate > 0 else float("inf")
+        # A metric not measured yet (NaN: no loss logged, no evaluation run) is left out.
         fields = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                           for k, v in extra.items())
+                           for k, v in extra.items()
+                           if not (isinstance(v, float) and v != v))
         print(f"[{self.stage}] {step:,}/{self.total:,} ({100 * step / max(self.total, 1):.0f}%)  "
               f"{rate:,.1f} {self.unit}/s  ETA {_fmt_s(eta)}  {fields}", flush=True)
 
