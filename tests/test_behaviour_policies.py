@@ -16,6 +16,11 @@ def committed_envs():
     return [e for e in ENV_FAMILIES if embedded.has_policies(e)]
 
 
+def test_walker2d_policies_are_committed():
+    """walker2d's embedded datasets ([1 of 5]) are part of every installation."""
+    assert embedded.has_policies("walker2d")
+
+
 @pytest.mark.parametrize("env", committed_envs())
 def test_policy_metadata_meets_the_recipe(env):
     meta = json.loads(embedded.policy_files(env)[1].read_text())
