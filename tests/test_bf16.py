@@ -116,7 +116,6 @@ def test_bf16_sampling_is_a_separate_graph_and_keeps_fp32_state(seed):
     CUDA graph, per precision), and the two backends' bf16 samples mostly agree. Not compared
     tightly: the first DDIM step divides eps by sqrt(alpha_bar) (~100x at K = 5), so bf16
     rounding moves some random-weight samples across the [-1, 1] clamp (measured: up to 2.0)."""
-    import dawm_fast.sampling.fast  # noqa: F401  (registers the "fast" backend)
     from dawm_fast.sampling import SamplingConfig, sample_windows
     model = _model(seed % 1000, 16).eval()
     g = torch.Generator().manual_seed(seed)
