@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dawm_fast.behavior.run_files import (append_eval_log, atomic_np_save, parse_config,
-                                          reached_target, save_snapshot)
+                                          list_snapshots, reached_target, save_snapshot)
 from dawm_fast.data.embedded import replay_episodes
 from dawm_fast.data.numpy_policy import NumpyPolicy
 from dawm_fast.data.tasks import env_family
@@ -197,9 +197,8 @@ class OnlineTD3:
         exploration noise (uniform random before ``start_steps``), as export rebuilds
         medium-replay. A buffer of only the current policy's data (the fallback) is narrow: seen,
         a walker2d SAC run fell from 3,528 to 581 after such a refill."""
-        snaps = sorted((int(p.stem.split("_")[1]), p)
-                       for p in (self.workdir / "snapshots").glob("actor_*.npz"))
-        snaps = [(s, NumpyPolicy.load(p)) for s, p in snaps if s <= self.step]
+        snaps = [(s, NumpyPolicy.load(p)) for s, p in list_snapshots(self.workdir)
+                 if s <= self.step]
         if not snaps:
             return False
         family = env_family(self.cfg.env)

@@ -33,6 +33,12 @@ def save_snapshot(workdir: Path, step: int, weights: dict) -> dict:
     return stored
 
 
+def list_snapshots(workdir: Path) -> list[tuple[int, Path]]:
+    """(step, path) of every ``save_snapshot`` file in the workdir, by step."""
+    return sorted((int(p.stem.split("_")[1]), p)
+                  for p in (workdir / "snapshots").glob("actor_*.npz"))
+
+
 def append_eval_log(workdir: Path, step: int, returns: np.ndarray, wall_s: float) -> None:
     log = workdir / "log.csv"
     new = not log.exists()

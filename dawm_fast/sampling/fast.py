@@ -15,9 +15,10 @@ import weakref
 
 import torch
 
-from dawm_fast.sampling.generate import SamplingConfig, register_backend, unet_autocast
+from dawm_fast.sampling.generate import SamplingConfig, register_backend
 from dawm_fast.world_model.diffusion import DiffusionWorldModel
 from dawm_fast.world_model.fused_unet import fused_unet_forward
+from dawm_fast.world_model.precision import bf16_autocast
 from dawm_fast.world_model.scheduler import DDIMScheduler
 from dawm_fast.ops import has_ops, step_kwargs
 from dawm_fast.sampling.cpp_loop import sample_cpp
@@ -62,7 +63,7 @@ def sample_fast(model: DiffusionWorldModel, s0: torch.Tensor, a0: torch.Tensor,
 
 def _unet_forward(unet, use_triton: bool, bf16: bool, x2, t2, returns2, actions2, mask2):
     """One fused 2B forward -> fp32 eps2, under bf16 autocast when asked."""
-    with unet_autocast(x2.device, SamplingConfig(bf16=bf16)):
+    with bf16_autocast(x2.device, bf16):
         eps2 = fused_unet_forward(unet, x2, t2, returns2, actions2, mask2, use_triton=use_triton)
     return eps2.float()
 

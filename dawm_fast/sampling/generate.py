@@ -20,6 +20,7 @@ import torch
 from dawm_fast.data.tasks import EnvFamily
 from dawm_fast.world_model.diffusion import DiffusionWorldModel
 from dawm_fast.world_model.idm import InverseDynamics
+from dawm_fast.world_model.precision import bf16_autocast
 from dawm_fast.world_model.scheduler import DDIMScheduler
 
 
@@ -33,13 +34,6 @@ class SamplingConfig:
     # U-Net forwards under bf16 autocast (the DDIM state and update stay fp32). Off by default: a
     # GPU speed option whose samples differ from fp32 by bf16 rounding, amplified per step.
     bf16: bool = False
-
-
-def unet_autocast(device: torch.device, cfg: SamplingConfig):
-    """The autocast region of one sampling U-Net forward (a no-op unless ``cfg.bf16``); no weight
-    cast cache, so a captured CUDA graph holds no cached casts."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16,
-                          cache_enabled=False)
 
 
 SamplingBackend = Callable[
@@ -67,7 +61,7 @@ def _sample_reference(model: DiffusionWorldModel, s0: torch.Tensor, a0: torch.Te
     w = cfg.guidance_weight
     for i, t in enumerate(timesteps):
         t2 = torch.full((2 * b,), t, device=s0.device, dtype=torch.long)   # [2B]
-        with unet_autocast(s0.device, cfg):
+        with bf16_autocast(s0.device, cfg.bf16):
             eps2 = model.unet(torch.cat([x, x]), t2, returns2, actions2, mask2)  # [2B, T, C]
         eps_cond, eps_uncond = eps2.float().chunk(2)                       # [B, T, C] each
         eps = w * eps_cond + (1.0 - w) * eps_uncond

@@ -25,8 +25,9 @@ import torch
 from dawm_fast.step_graphs import StepGraph, make_fused, portable_optimizer_state
 from dawm_fast.world_model.diffusion import DiffusionWorldModel
 from dawm_fast.world_model.fused_unet import fused_unet_forward
+from dawm_fast.world_model.precision import bf16_autocast
 from dawm_fast.world_model.training import (WindowBatcher, WorldModelTrainer,
-                                            WorldModelTrainerConfig, _unpack, loss_autocast)
+                                            WorldModelTrainerConfig, _unpack)
 from kernels import HAS_TRITON
 
 
@@ -54,7 +55,7 @@ class FastWorldModelTrainer(WorldModelTrainer):
 
     def _step_body(self, batch_fn):
         x0, returns, actions = batch_fn()
-        with loss_autocast(self.device, self.cfg.bf16):
+        with bf16_autocast(self.device, self.cfg.bf16):
             loss = self.model.loss(x0, returns, actions, generator=self.generator,
                                    forward=self.forward)
         self.optimizer.zero_grad(set_to_none=True)

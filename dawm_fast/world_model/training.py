@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import torch
 
 from dawm_fast.world_model.diffusion import EMA, DiffusionWorldModel, EMAConfig
+from dawm_fast.world_model.precision import bf16_autocast
 
 
 @dataclass(frozen=True)
@@ -19,12 +20,6 @@ class WorldModelTrainerConfig:
     # bf16 autocast of the forward and loss (weights, grads and Adam stay fp32). Off by default:
     # on until its loss curve is shown to match fp32 on the GPU it runs on (tests/test_bf16.py).
     bf16: bool = False
-
-
-def loss_autocast(device: torch.device, enabled: bool):
-    """The bf16 autocast region of a training step (a no-op when disabled). The weight-cast cache
-    is off: a CUDA graph replays the casts, and a cache would hold tensors across replays."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled, cache_enabled=False)
 
 
 class WindowBatcher:
@@ -87,7 +82,7 @@ class WorldModelTrainer:
         WindowBatcher to draw it from."""
         x0, returns, actions = (v.to(self.device) for v in _unpack(batch))
         self.model.train()
-        with loss_autocast(self.device, self.cfg.bf16):
+        with bf16_autocast(self.device, self.cfg.bf16):
             loss = self.model.loss(x0, returns, actions, generator=self.generator)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
