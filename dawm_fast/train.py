@@ -17,6 +17,7 @@ import torch
 from dawm_fast.config import ALGOS, BACKENDS, PRESETS, config_from_dict, preset_config
 from dawm_fast.data import SOURCES, TASK_NAMES, DatasetError, UnknownTaskError
 from dawm_fast.run_io import RunError, die
+from dawm_fast.world_model.scheduler import PREDICTION_TYPES
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -44,6 +45,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--until", default=None,
                    help="stop after this stage (data, idm, world_model, generation, rl); "
                         "rerun without it to continue")
+    p.add_argument("--prediction-type", default=None, choices=PREDICTION_TYPES,
+                   help="what the world model's network predicts: the noise (epsilon, as DWM) or "
+                        "the clean window (sample); default per preset")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     p.add_argument("--bf16", action="store_true",
                    help="world-model training and sampling under bf16 autocast (fp32 weights, "
@@ -76,6 +80,10 @@ def build_config(args: argparse.Namespace):
     if not 0.0 <= overrides.get("synthetic_ratio", 0.0) <= 1.0:
         die(f"--synthetic-ratio must be in [0, 1], got {args.synthetic_ratio}")
     cfg = preset_config(preset, args.env, args.algo, **overrides)
+    if args.prediction_type is not None:
+        wm = cfg.world_model
+        cfg.world_model = dataclasses.replace(wm, schedule=dataclasses.replace(
+            wm.schedule, prediction_type=args.prediction_type))
     if args.bf16:
         cfg.wm_bf16 = True
         cfg.sampling = dataclasses.replace(cfg.sampling, bf16=True)

@@ -275,6 +275,25 @@ def test_fast_loop_without_kernels_matches_reference(sampling_model, eta):
     assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
+def test_fast_paths_match_reference_for_x0_models():
+    """prediction_type "sample": the x0 -> eps conversion after the fused forward, in the Python
+    loop (Triton kernels where usable) and in the "fast" backend (inside the CUDA graph on a GPU)."""
+    torch.manual_seed(1)
+    m = DiffusionWorldModel(OBS, ACT, WorldModelConfig(
+        horizon=T, unet=TemporalUNetConfig(dim=8, dim_mults=(1, 2), n_groups=2),
+        schedule=DiffusionScheduleConfig(prediction_type="sample"))).to(DEV).eval()
+    s0, a0, g = (v.to(DEV) for v in sampling_inputs(3, seed=4))
+    cfg = SamplingConfig()
+    with torch.no_grad():
+        want = _sample_reference(m, s0, a0, g, cfg, torch.Generator(DEV).manual_seed(5))
+        loop = sample_fast(m, s0, a0, g, cfg, torch.Generator(DEV).manual_seed(5),
+                           use_triton=kernels.triton_usable(s0))
+    backend = sample_windows(m, s0, a0, g, cfg, torch.Generator(DEV).manual_seed(5),
+                             backend="fast")
+    assert_close(loop, want, rtol=1e-4, atol=1e-4)
+    assert_close(backend, want, rtol=1e-4, atol=1e-4)
+
+
 def test_dispatch_rule():
     cpu = torch.zeros(1)
     assert kernels.triton_usable(cpu) == kernels.INTERPRETED

@@ -101,7 +101,7 @@ def sample_cpp(model: DiffusionWorldModel, s0: torch.Tensor, a0: torch.Tensor,
     """Guided DDIM windows x [B, T, C] from s0 [B, obs_dim], a0 [B, act_dim], returns [B]
     (float32, on the model's device), equal to ``sample_windows(..., backend="reference")``.
 
-    ``forward(x2, t2, returns2, actions2, mask2) -> eps2`` defaults to ``model.unet``.
+    ``forward(x2, t2, returns2, actions2, mask2) -> eps2`` defaults to ``model.predict_eps``.
     ``use_cuda_graph``: None = on for CUDA tensors, off on CPU; True on CPU tensors is an error.
     ``sampler``: a ``dawm_fast.ops.GraphSampler`` to use instead of the cached one of
     (model, forward), e.g. one with its own ``max_graphs``.
@@ -111,7 +111,7 @@ def sample_cpp(model: DiffusionWorldModel, s0: torch.Tensor, a0: torch.Tensor,
     if use_cuda_graph is None:
         use_cuda_graph = s0.is_cuda
     if forward is None:
-        forward = model.unet
+        forward = model.predict_eps
     if sampler is None:
         sampler = graph_sampler_for(model, forward)     # loads (or builds) the extension first
 

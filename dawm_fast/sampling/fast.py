@@ -18,7 +18,6 @@ import torch
 from dawm_fast.sampling.generate import SamplingConfig, register_backend
 from dawm_fast.world_model.diffusion import DiffusionWorldModel
 from dawm_fast.world_model.fused_unet import fused_unet_forward
-from dawm_fast.world_model.precision import bf16_autocast
 from dawm_fast.world_model.scheduler import DDIMScheduler
 from dawm_fast.ops import has_ops, step_kwargs
 from dawm_fast.sampling.cpp_loop import sample_cpp
@@ -49,8 +48,8 @@ def sample_fast(model: DiffusionWorldModel, s0: torch.Tensor, a0: torch.Tensor,
                        torch.zeros(b, device=dev, dtype=dt)])               # [2B]
     for i, t in enumerate(timesteps):
         t2 = torch.full((2 * b,), t, device=dev, dtype=torch.long)          # [2B]
-        eps2 = _unet_forward(model.unet, use_triton, cfg.bf16, torch.cat([x, x]), t2, returns2,
-                             actions2, mask2)                               # [2B, T, C]
+        eps2 = _eps_forward(weakref.ref(model), use_triton, cfg.bf16, torch.cat([x, x]), t2,
+                            returns2, actions2, mask2)                      # [2B, T, C]
         noise = None
         if cfg.eta > 0:
             # Unscaled: the kernel applies the temperature (noise_scale) exactly as
@@ -61,11 +60,13 @@ def sample_fast(model: DiffusionWorldModel, s0: torch.Tensor, a0: torch.Tensor,
     return x
 
 
-def _unet_forward(unet, use_triton: bool, bf16: bool, x2, t2, returns2, actions2, mask2):
-    """One fused 2B forward -> fp32 eps2, under bf16 autocast when asked."""
-    with bf16_autocast(x2.device, bf16):
-        eps2 = fused_unet_forward(unet, x2, t2, returns2, actions2, mask2, use_triton=use_triton)
-    return eps2.float()
+def _eps_forward(model_ref, use_triton: bool, bf16: bool, x2, t2, returns2, actions2, mask2):
+    """One fused 2B forward -> fp32 eps2 (``predict_eps``: bf16 autocast when asked, an x0 output
+    converted). ``model_ref`` is a weak reference: the cached callable must not keep its model
+    alive."""
+    model = model_ref()
+    unet_forward = functools.partial(fused_unet_forward, model.unet, use_triton=use_triton)
+    return model.predict_eps(x2, t2, returns2, actions2, mask2, forward=unet_forward, bf16=bf16)
 
 
 # One forward callable per (model, kernel choice, precision), alive as long as the model: the C++
@@ -77,8 +78,8 @@ _FORWARDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 def _forward_for(model: DiffusionWorldModel, use_triton: bool, bf16: bool):
     per_model = _FORWARDS.setdefault(model, {})
     if (use_triton, bf16) not in per_model:
-        per_model[(use_triton, bf16)] = functools.partial(_unet_forward, model.unet, use_triton,
-                                                          bf16)
+        per_model[(use_triton, bf16)] = functools.partial(_eps_forward, weakref.ref(model),
+                                                          use_triton, bf16)
     return per_model[(use_triton, bf16)]
 
 

@@ -20,7 +20,6 @@ import torch
 from dawm_fast.data.tasks import EnvFamily
 from dawm_fast.world_model.diffusion import DiffusionWorldModel
 from dawm_fast.world_model.idm import InverseDynamics
-from dawm_fast.world_model.precision import bf16_autocast
 from dawm_fast.world_model.scheduler import DDIMScheduler
 
 
@@ -61,9 +60,9 @@ def _sample_reference(model: DiffusionWorldModel, s0: torch.Tensor, a0: torch.Te
     w = cfg.guidance_weight
     for i, t in enumerate(timesteps):
         t2 = torch.full((2 * b,), t, device=s0.device, dtype=torch.long)   # [2B]
-        with bf16_autocast(s0.device, cfg.bf16):
-            eps2 = model.unet(torch.cat([x, x]), t2, returns2, actions2, mask2)  # [2B, T, C]
-        eps_cond, eps_uncond = eps2.float().chunk(2)                       # [B, T, C] each
+        eps2 = model.predict_eps(torch.cat([x, x]), t2, returns2, actions2, mask2,
+                                 bf16=cfg.bf16)                            # [2B, T, C] fp32
+        eps_cond, eps_uncond = eps2.chunk(2)                               # [B, T, C] each
         eps = w * eps_cond + (1.0 - w) * eps_uncond
         noise = None
         if cfg.eta > 0:

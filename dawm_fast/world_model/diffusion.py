@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from dawm_fast.world_model.precision import bf16_autocast
 from dawm_fast.world_model.scheduler import DDIMScheduler, DiffusionScheduleConfig
 from dawm_fast.world_model.unet import TemporalUNet, TemporalUNetConfig
 
@@ -53,10 +54,45 @@ class DiffusionWorldModel(nn.Module):
         # Derived from the dims, so kept out of checkpoints.
         self.register_buffer("loss_mask", build_loss_mask(cfg.horizon, obs_dim, act_dim),
                              persistent=False)                              # [T, C]
+        # sqrt(alpha_t), sqrt(1 - alpha_t) per level for eps_from_output; buffers, so they follow
+        # the model to its device and a CUDA graph can gather them by t.
+        alphas = self.scheduler.alphas_cumprod
+        self.register_buffer("sqrt_alphas", alphas.sqrt().float(), persistent=False)     # [K]
+        self.register_buffer("sqrt_one_minus_alphas", (1 - alphas).sqrt().float(),
+                             persistent=False)                                          # [K]
 
     @property
     def schedule_config(self) -> DiffusionScheduleConfig:
         return self.cfg.schedule
+
+    @property
+    def predicts_sample(self) -> bool:
+        return self.cfg.schedule.prediction_type == "sample"
+
+    def eps_from_output(self, out: torch.Tensor, x_t: torch.Tensor,
+                        t: torch.Tensor) -> torch.Tensor:
+        """The network's output [B, T, C] at x_t [B, T, C], levels t [B], as predicted noise.
+
+        "epsilon": the output itself. "sample": the output is x0, so eps = (x_t - sqrt(a_t) x0) /
+        sqrt(1 - a_t), DDIM eq. (9) solved for eps; the scheduler then recovers exactly this x0,
+        and every sampler (and its fused DDIM kernel) stays eps-based. Why "sample" exists: with
+        K = 5 the noisiest level has sqrt(a_t) ~ 0.01, so an eps-net's x0 there is its eps error
+        times ~100; an x0-net predicts that level's x0 directly (benchmarks/RESULTS.md).
+        """
+        if not self.predicts_sample:
+            return out
+        sa = self.sqrt_alphas[t].view(-1, 1, 1)
+        s1a = self.sqrt_one_minus_alphas[t].view(-1, 1, 1)
+        return (x_t - sa * out) / s1a
+
+    def predict_eps(self, x_t: torch.Tensor, t: torch.Tensor, returns: torch.Tensor,
+                    actions: torch.Tensor, returns_mask: torch.Tensor | None = None, *,
+                    forward=None, bf16: bool = False) -> torch.Tensor:
+        """fp32 eps [B, T, C] for sampling: ``forward`` (default ``self.unet``; same signature),
+        under bf16 autocast when asked, then ``eps_from_output`` in fp32."""
+        with bf16_autocast(x_t.device, bf16):
+            out = (forward or self.unet)(x_t, t, returns, actions, returns_mask)
+        return self.eps_from_output(out.float(), x_t, t)
 
     def conditioning(self, x: torch.Tensor, s0: torch.Tensor, a0: torch.Tensor) -> torch.Tensor:
         """Return x with s_t, a_t written into step 0 and future action channels zeroed.
@@ -72,11 +108,12 @@ class DiffusionWorldModel(nn.Module):
 
     def loss(self, x0: torch.Tensor, returns: torch.Tensor, actions: torch.Tensor,
              generator: torch.Generator | None = None, forward=None) -> torch.Tensor:
-        """DDPM eps-prediction loss, masked to the modelled channels.
+        """DDPM loss, masked to the modelled channels: the network's output against the added
+        noise ("epsilon") or against x0 itself ("sample").
 
         x0 [B, T, C] normalized windows, returns [B] normalized g, actions [B, act_dim] = a_t.
         Random draws, in order, all from ``generator``: t [B], noise [B, T, C], then the
-        return-keep mask [B]. ``forward(x_t, t, returns, actions, keep)`` computes eps; default
+        return-keep mask [B]. ``forward(x_t, t, returns, actions, keep)`` is the network; default
         ``self.unet`` (the fast trainer passes the fused U-Net forward: same function).
         """
         b = x0.shape[0]
@@ -89,9 +126,10 @@ class DiffusionWorldModel(nn.Module):
         x_t = self.scheduler.add_noise(x0, noise, t)
         x_t = self.conditioning(x_t, x0[:, 0, :self.obs_dim], actions)
         # The loss is reduced in fp32 even when the forward ran under bf16 autocast.
-        eps = (forward or self.unet)(x_t, t, returns, actions, keep).float()  # [B, T, C]
-        mask = self.loss_mask.to(eps.dtype)
-        sq = (eps - noise) ** 2 * mask
+        out = (forward or self.unet)(x_t, t, returns, actions, keep).float()  # [B, T, C]
+        mask = self.loss_mask.to(out.dtype)
+        target = x0 if self.predicts_sample else noise
+        sq = (out - target) ** 2 * mask
         return sq.sum() / (mask.sum() * b)
 
 

@@ -16,13 +16,18 @@ from dataclasses import dataclass
 import torch
 
 
+PREDICTION_TYPES = ("epsilon", "sample")
+
+
 @dataclass(frozen=True)
 class DiffusionScheduleConfig:
     n_diffusion_steps: int = 5          # K, training noise levels (DWM uses 5)
     schedule: str = "cosine"            # only the Nichol & Dhariwal cosine schedule is provided
     cosine_s: float = 0.008             # cosine schedule offset s (keeps beta_0 away from 0)
     max_beta: float = 0.999             # betas are clipped here; the cosine's last beta would be 1
-    prediction_type: str = "epsilon"    # the model predicts the added noise
+    # What the network outputs: "epsilon" (the added noise; DWM) or "sample" (x0 itself). The
+    # samplers always receive eps; DiffusionWorldModel.eps_from_output converts a "sample" output.
+    prediction_type: str = "epsilon"
     clip_sample: bool = True            # clip the predicted x0 (data is normalized to [-1, 1])
     clip_range: float = 1.0             # x0 is clipped to [-clip_range, clip_range]
 
@@ -80,8 +85,9 @@ class DDIMScheduler:
     def __init__(self, cfg: DiffusionScheduleConfig = DiffusionScheduleConfig(), eta: float = 0.0):
         if cfg.schedule != "cosine":
             raise ValueError(f"unknown schedule {cfg.schedule!r}; valid: 'cosine'")
-        if cfg.prediction_type != "epsilon":
-            raise ValueError(f"unknown prediction_type {cfg.prediction_type!r}; valid: 'epsilon'")
+        if cfg.prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"unknown prediction_type {cfg.prediction_type!r}; valid: "
+                             f"{', '.join(map(repr, PREDICTION_TYPES))}")
         if eta < 0:
             raise ValueError(f"eta must be >= 0, got {eta}")
         self.config = cfg
