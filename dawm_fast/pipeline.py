@@ -239,24 +239,33 @@ class Pipeline:
               f"guidance w {cfg.sampling.guidance_weight}, {cfg.sampling.n_sampling_steps} DDIM "
               f"steps, backend {cfg.backend}", flush=True)
         t0 = time.time()
+        s1 = self.state_norm.normalize(ds.next_observations[rows])
         syn = generate_transitions(
             model, idm, s0, a0, g, self.family, self.state_norm.unnormalize,
             lambda r: self.reward_norm.unnormalize(r[:, None])[:, 0], cfg.sampling, gen,
-            backend=cfg.backend)
+            backend=cfg.backend, next_states=torch.as_tensor(s1, device=self.device))
         dt = time.time() - t0
         consistency = syn.pop("action_consistency")
+        step_mse, clipped = syn.pop("one_step_state_mse"), syn.pop("clipped_fraction")
+        # Scale for step_mse: predicting "nothing moves" (s_{t+1} = s_t) on the same starts.
+        copy_mse = float(np.mean((self.state_norm.normalize(ds.observations[rows]) - s1) ** 2))
         n_syn = len(syn["rewards"])
         tmp = self.out / "synthetic.tmp.npz"
         np.savez(tmp, **syn)
         os.replace(tmp, self.out / "synthetic.npz")
         rate = n_syn / dt
         self.metrics.log("generation", n_syn, transitions_per_s=rate,
-                         action_consistency_mse=consistency,
+                         action_consistency_mse=consistency, one_step_state_mse=step_mse,
+                         copy_state_mse=copy_mse, clipped_fraction=clipped,
                          terminal_fraction=float(syn["terminals"].mean()) if n_syn else 0.0)
         print(f"[generation] {n_syn:,} synthetic transitions in {dt:.1f} s ({rate:,.0f}/s); "
               f"action consistency MSE {consistency:.4f}", flush=True)
+        print(f"[generation] world-model check: one-step state MSE {step_mse:.4f} against the "
+              f"real next states (normalized; 'nothing moves' scores {copy_mse:.4f}); "
+              f"{clipped:.1%} of generated state values at the clip bound", flush=True)
         return {"synthetic_transitions": n_syn, "action_consistency_mse": consistency,
-                "transitions_per_s": rate}
+                "one_step_state_mse": step_mse, "copy_state_mse": copy_mse,
+                "clipped_fraction": clipped, "transitions_per_s": rate}
 
     # -- stage: offline RL -----------------------------------------------------------------------
     def _rl_setup(self):
@@ -387,6 +396,9 @@ class Pipeline:
             "final_eval_episodes": cfg.final_eval_episodes,
             "score_reference": ev["reference"],
             "action_consistency_mse": done["generation"].get("action_consistency_mse"),
+            "one_step_state_mse": done["generation"].get("one_step_state_mse"),
+            "copy_state_mse": done["generation"].get("copy_state_mse"),
+            "synthetic_clipped_fraction": done["generation"].get("clipped_fraction"),
             "idm_heldout_action_mse": done["idm"].get("heldout_action_mse"),
             "synthetic_transitions": done["generation"].get("synthetic_transitions", 0),
             "generation_transitions_per_s": done["generation"].get("transitions_per_s"),

@@ -36,6 +36,9 @@ def test_smoke_run_writes_results(smoke_data, tmp_path, capsys):
         assert key in res
     assert res["algo"] == "iql" and "embedded" in res["dataset_source"]
     assert np.isfinite(res["final_score_mean"]) and res["synthetic_transitions"] > 0
+    assert 0 < res["one_step_state_mse"] < 4 and 0 < res["copy_state_mse"] < 4
+    assert 0 <= res["synthetic_clipped_fraction"] <= 1
+    assert "world-model check: one-step state MSE" in log
     assert set(res["wall_time_s"]) == {"data", "idm", "world_model", "generation", "rl",
                                        "evaluation"}
     for png in ("learning_curve.png", "world_model_loss.png", "real_vs_synthetic.png"):

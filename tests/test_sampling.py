@@ -136,12 +136,12 @@ def unnorm_rewards(r: torch.Tensor) -> torch.Tensor:
     return 10.0 * r - 3.0
 
 
-def expected_transitions(model, idm, s0, a0, g, family, cfg, seed):
+def expected_transitions(model, idm, s0, a0, g, family, cfg, seed, next_states=None):
     """Python-loop reference of generate_transitions from the same window samples."""
     gen = torch.Generator().manual_seed(seed)
     rows = {k: [] for k in ("observations", "actions", "rewards", "next_observations",
                             "terminals")}
-    errs = []
+    errs, step_errs, clipped = [], [], []
     for lo in range(0, s0.shape[0], cfg.batch_size):
         sl = slice(lo, lo + cfg.batch_size)
         x = sample_windows(model, s0[sl], a0[sl], g[sl], cfg, gen)
@@ -149,6 +149,9 @@ def expected_transitions(model, idm, s0, a0, g, family, cfg, seed):
             for w in range(x.shape[0]):
                 s = x[w, :, :OBS]
                 errs.append(((idm(s[:1], s[1:2])[0] - a0[sl][w]) ** 2).numpy())
+                if next_states is not None:
+                    step_errs.append(((s[1] - next_states[lo + w]) ** 2).numpy())
+                clipped.append((s[1:].abs() >= 1.0 - 1e-6).numpy())
                 for i in range(T - 1):
                     act = a0[sl][w] if i == 0 else idm(s[i:i + 1], s[i + 1:i + 2])[0]
                     nxt = unnorm_states(s[i + 1])
@@ -162,6 +165,8 @@ def expected_transitions(model, idm, s0, a0, g, family, cfg, seed):
                         break
     out = {k: np.asarray(v, dtype=np.float32) for k, v in rows.items()}
     out["action_consistency"] = float(np.mean(errs))
+    out["one_step_state_mse"] = float(np.mean(step_errs)) if step_errs else float("nan")
+    out["clipped_fraction"] = float(np.mean(clipped))
     return out
 
 
@@ -171,7 +176,9 @@ def check_against_reference(got, want):
         assert got[k].dtype == np.float32, k
         assert got[k].shape == want[k].shape, (k, got[k].shape, want[k].shape)
         np.testing.assert_allclose(got[k], want[k], atol=1e-5, err_msg=k)
-    assert math.isclose(got["action_consistency"], want["action_consistency"], rel_tol=1e-4)
+    for k in ("action_consistency", "one_step_state_mse", "clipped_fraction"):
+        assert math.isclose(got[k], want[k], rel_tol=1e-4) or (math.isnan(got[k])
+                                                               and math.isnan(want[k])), k
 
 
 def test_generate_transitions_layout(model, idm):
@@ -179,8 +186,9 @@ def test_generate_transitions_layout(model, idm):
     s0, a0, g = inputs(n, seed=10)
     fam = fake_family()                                    # never terminates
     cfg = SamplingConfig(batch_size=4)                     # chunks of 4, 4, 2
+    s1 = torch.rand(n, OBS, generator=torch.Generator().manual_seed(12)) * 2 - 1
     got = generate_transitions(model, idm, s0, a0, g, fam, unnorm_states, unnorm_rewards, cfg,
-                               torch.Generator().manual_seed(11))
+                               torch.Generator().manual_seed(11), next_states=s1)
     assert got["observations"].shape == (n * (T - 1), OBS)
     assert got["actions"].shape == (n * (T - 1), ACT)
     assert got["rewards"].shape == got["terminals"].shape == (n * (T - 1),)
@@ -193,8 +201,9 @@ def test_generate_transitions_layout(model, idm):
     np.testing.assert_array_equal(per_win["actions"][:, 0], a0.numpy())
     np.testing.assert_array_equal(per_win["observations"][:, 1:],
                                   per_win["next_observations"][:, :-1])
-    want = expected_transitions(model, idm, s0, a0, g, fam, cfg, seed=11)
+    want = expected_transitions(model, idm, s0, a0, g, fam, cfg, seed=11, next_states=s1)
     check_against_reference(got, want)
+    assert 0.0 < got["one_step_state_mse"] < 4.0
 
 
 def test_generate_transitions_truncates_at_termination(model, idm):

@@ -140,7 +140,8 @@ def generate_transitions(model: DiffusionWorldModel, idm: InverseDynamics,
                          unnormalize_states: Callable[[torch.Tensor], torch.Tensor],
                          unnormalize_rewards: Callable[[torch.Tensor], torch.Tensor],
                          cfg: SamplingConfig, generator: torch.Generator,
-                         backend: str = "reference") -> dict:
+                         backend: str = "reference",
+                         next_states: torch.Tensor | None = None) -> dict:
     """Synthetic transitions from guided windows, chunked by ``cfg.batch_size``.
 
     s0 [N, obs_dim], a0 [N, act_dim], returns [N] are normalized. ``unnormalize_states`` maps a
@@ -149,8 +150,13 @@ def generate_transitions(model: DiffusionWorldModel, idm: InverseDynamics,
     i = 0..T-2: (s_i, a_i, r_i, s_{i+1}) with a_0 = the real conditioning a_t and a_i = IDM(s_i,
     s_{i+1}) (normalized space) for i >= 1. A transition whose raw next state is unhealthy gets
     terminal = 1 and ends its window. Returns float32 numpy arrays observations, actions,
-    rewards, next_observations, terminals (0/1), ordered window by window, and the float
-    ``action_consistency`` = per-element MSE between IDM(s_t, s_1) and a_t over all windows.
+    rewards, next_observations, terminals (0/1), ordered window by window, and three floats that
+    say how much to trust them:
+    ``action_consistency``: per-element MSE between IDM(s_t, s_1) and a_t over all windows;
+    ``one_step_state_mse``: per-element MSE (normalized space) between the generated s_1 and the
+    real next states ``next_states`` [N, obs_dim] (normalized), NaN without them;
+    ``clipped_fraction``: share of generated future state values at the x0 clip bound (a world
+    model that has not learned a region puts its samples there).
     """
     dev = _model_device(model)
     s0 = torch.as_tensor(s0, dtype=torch.float32, device=dev)
@@ -160,7 +166,12 @@ def generate_transitions(model: DiffusionWorldModel, idm: InverseDynamics,
     parts: dict[str, list[np.ndarray]] = {k: [] for k in
                                           ("observations", "actions", "rewards",
                                            "next_observations", "terminals")}
+    if next_states is not None:
+        next_states = torch.as_tensor(next_states, dtype=torch.float32, device=dev)
+    sched = model.schedule_config
+    clip_bound = sched.clip_range * (1 - 1e-6) if sched.clip_sample else float("inf")
     sq_err, n_err = 0.0, 0
+    step_err, n_step, n_clipped, n_future = 0.0, 0, 0, 0
     for lo in range(0, n, cfg.batch_size):
         s0c, a0c, gc = s0[lo:lo + cfg.batch_size], a0[lo:lo + cfg.batch_size], \
             returns[lo:lo + cfg.batch_size]
@@ -172,6 +183,12 @@ def generate_transitions(model: DiffusionWorldModel, idm: InverseDynamics,
             first_idm = idm(states[:, 0], states[:, 1])                      # [b, a]
             sq_err += float(((first_idm - a0c) ** 2).sum())
             n_err += first_idm.numel()
+            if next_states is not None:
+                real_next = next_states[lo:lo + cfg.batch_size]                  # [b, o]
+                step_err += float(((states[:, 1] - real_next) ** 2).sum())
+                n_step += real_next.numel()
+            n_clipped += int((states[:, 1:].abs() >= clip_bound).sum())
+            n_future += states[:, 1:].numel()
             acts = torch.empty(b, t_len - 1, a, device=dev)                  # [b, T-1, a]
             acts[:, 0] = a0c
             if t_len > 2:
@@ -193,4 +210,6 @@ def generate_transitions(model: DiffusionWorldModel, idm: InverseDynamics,
     out = {k: (np.concatenate(v) if v else np.zeros((0,) + shp, np.float32))
            for (k, v), shp in zip(parts.items(), [(o,), (a,), (), (o,), ()])}
     out["action_consistency"] = sq_err / n_err if n_err else float("nan")
+    out["one_step_state_mse"] = step_err / n_step if n_step else float("nan")
+    out["clipped_fraction"] = n_clipped / n_future if n_future else float("nan")
     return out
