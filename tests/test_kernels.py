@@ -277,7 +277,7 @@ def test_fast_loop_without_kernels_matches_reference(sampling_model, eta):
 
 def test_fast_paths_match_reference_for_x0_models():
     """prediction_type "sample": the x0 -> eps conversion after the fused forward, in the Python
-    loop (Triton kernels where usable) and in the "fast" backend (inside the CUDA graph on a GPU)."""
+    loop (Triton kernels where usable) and in the "fast" backend (in the CUDA graph on a GPU)."""
     torch.manual_seed(1)
     m = DiffusionWorldModel(OBS, ACT, WorldModelConfig(
         horizon=T, unet=TemporalUNetConfig(dim=8, dim_mults=(1, 2), n_groups=2),
