@@ -2,7 +2,8 @@
 
 On a GPU the model is Decision Diffuser's size (dim 128, mults 1-4-8, ~61M parameters for
 walker2d), the `paper` preset's; on a CPU it is the `cpu` preset's (dim 32, mults 1-2-4), the size
-a CPU user runs. Speeds are reported as ratios measured side by side in one run.
+a CPU user runs; either way with the pipeline's world-model settings (x0-prediction). Speeds are
+reported as ratios measured side by side in one run.
 """
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import copy
 import pytest
 import torch
 
-from dawm_fast.world_model import DiffusionWorldModel, TemporalUNetConfig, WorldModelConfig
+from dawm_fast.config import pipeline_world_model
+from dawm_fast.world_model import DiffusionWorldModel, TemporalUNetConfig
 
 OBS_DIM, ACT_DIM = 17, 6          # walker2d
 GPU = torch.cuda.is_available()
@@ -37,7 +39,7 @@ def device_name() -> str:
 @pytest.fixture(scope="session")
 def world_model() -> DiffusionWorldModel:
     torch.manual_seed(0)
-    return DiffusionWorldModel(OBS_DIM, ACT_DIM, WorldModelConfig(unet=unet_config())).to(
+    return DiffusionWorldModel(OBS_DIM, ACT_DIM, pipeline_world_model(unet=unet_config())).to(
         DEVICE).eval()
 
 

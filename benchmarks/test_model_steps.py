@@ -9,7 +9,8 @@ from dawm_fast.rl.buffer import FIELDS, MixedSampler, Transitions
 from dawm_fast.rl.fast_updates import FastIQL, FastTD3BC
 from dawm_fast.rl.iql import IQL
 from dawm_fast.rl.td3bc import TD3BC
-from dawm_fast.world_model import (DiffusionWorldModel, WorldModelConfig, WorldModelTrainer)
+from dawm_fast.config import pipeline_world_model
+from dawm_fast.world_model import DiffusionWorldModel, WorldModelTrainer
 from dawm_fast.world_model.fast_training import FastWorldModelTrainer
 from dawm_fast.world_model.training import WindowBatcher, WorldModelTrainerConfig
 from dawm_fast.world_model.fused_unet import fused_unet_forward
@@ -60,7 +61,8 @@ def test_world_model_training_step(benchmark, impl, batch):
         pytest.skip("bf16 autocast is a GPU option: a CPU without bf16 matrix units runs its "
                     "GEMMs slower than fp32")
     torch.manual_seed(0)
-    model = DiffusionWorldModel(OBS_DIM, ACT_DIM, WorldModelConfig(unet=unet_config())).to(DEVICE)
+    model = DiffusionWorldModel(OBS_DIM, ACT_DIM,
+                                pipeline_world_model(unet=unet_config())).to(DEVICE)
     if impl.startswith("fast"):
         trainer = FastWorldModelTrainer(model, WorldModelTrainerConfig(bf16=impl == "fast-bf16"))
     else:
