@@ -76,8 +76,9 @@ def _train_command(env: str, cfg: dict, workdir: Path) -> str:
     else:
         module = "online_td3"
         extra = f" --algo {cfg['algo']}" if cfg.get("algo", "td3") != "td3" else ""
-    target = (f" --target-return {cfg['target_return']}"
-              if cfg.get("target_return") is not None else "")
+    target = "".join(f" --{key.replace('_', '-')} {cfg[key]}"
+                     for key in ("total_steps", "target_return", "target_noisy_return")
+                     if cfg.get(key) is not None)
     return (f"python -m dawm_fast.behavior.{module} --env {env}{extra} --workdir {workdir} "
             f"--seed {cfg['seed']}{target}")
 
