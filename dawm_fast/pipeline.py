@@ -247,6 +247,7 @@ class Pipeline:
         dt = time.time() - t0
         consistency = syn.pop("action_consistency")
         step_mse, clipped = syn.pop("one_step_state_mse"), syn.pop("clipped_fraction")
+        dropped = syn.pop("dropped_clipped_terminals")
         # Scale for step_mse: predicting "nothing moves" (s_{t+1} = s_t) on the same starts.
         copy_mse = float(np.mean((self.state_norm.normalize(ds.observations[rows]) - s1) ** 2))
         n_syn = len(syn["rewards"])
@@ -257,15 +258,18 @@ class Pipeline:
         self.metrics.log("generation", n_syn, transitions_per_s=rate,
                          action_consistency_mse=consistency, one_step_state_mse=step_mse,
                          copy_state_mse=copy_mse, clipped_fraction=clipped,
+                         dropped_clipped_terminals=dropped,
                          terminal_fraction=float(syn["terminals"].mean()) if n_syn else 0.0)
         print(f"[generation] {n_syn:,} synthetic transitions in {dt:.1f} s ({rate:,.0f}/s); "
               f"action consistency MSE {consistency:.4f}", flush=True)
         print(f"[generation] world-model check: one-step state MSE {step_mse:.4f} against the "
               f"real next states (normalized; 'nothing moves' scores {copy_mse:.4f}); "
-              f"{clipped:.1%} of generated state values at the clip bound", flush=True)
+              f"{clipped:.1%} of generated state values at the clip bound; {dropped:,} windows "
+              f"cut at a fall only the clip made", flush=True)
         return {"synthetic_transitions": n_syn, "action_consistency_mse": consistency,
                 "one_step_state_mse": step_mse, "copy_state_mse": copy_mse,
-                "clipped_fraction": clipped, "transitions_per_s": rate}
+                "clipped_fraction": clipped, "dropped_clipped_terminals": dropped,
+                "transitions_per_s": rate}
 
     # -- stage: offline RL -----------------------------------------------------------------------
     def _rl_setup(self):

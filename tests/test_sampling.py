@@ -141,7 +141,7 @@ def expected_transitions(model, idm, s0, a0, g, family, cfg, seed, next_states=N
     gen = torch.Generator().manual_seed(seed)
     rows = {k: [] for k in ("observations", "actions", "rewards", "next_observations",
                             "terminals")}
-    errs, step_errs, clipped = [], [], []
+    errs, step_errs, clipped, dropped = [], [], [], 0
     for lo in range(0, s0.shape[0], cfg.batch_size):
         sl = slice(lo, lo + cfg.batch_size)
         x = sample_windows(model, s0[sl], a0[sl], g[sl], cfg, gen)
@@ -152,10 +152,15 @@ def expected_transitions(model, idm, s0, a0, g, family, cfg, seed, next_states=N
                 if next_states is not None:
                     step_errs.append(((s[1] - next_states[lo + w]) ** 2).numpy())
                 clipped.append((s[1:].abs() >= 1.0 - 1e-6).numpy())
+                # the steps this window keeps, by the rules in generate_transitions' docstring
                 for i in range(T - 1):
                     act = a0[sl][w] if i == 0 else idm(s[i:i + 1], s[i + 1:i + 2])[0]
                     nxt = unnorm_states(s[i + 1])
                     done = not bool(healthy(family, nxt[None])[0])
+                    if done and cfg.drop_clipped_terminals and bool(
+                            (s[i + 1].abs() >= 1.0 - 1e-6).any()):
+                        dropped += 1               # a fall only the clip made: cut here
+                        break
                     rows["observations"].append(unnorm_states(s[i]).numpy())
                     rows["actions"].append(act.numpy())
                     rows["rewards"].append(float(unnorm_rewards(x[w, i, -1])))
@@ -167,6 +172,7 @@ def expected_transitions(model, idm, s0, a0, g, family, cfg, seed, next_states=N
     out["action_consistency"] = float(np.mean(errs))
     out["one_step_state_mse"] = float(np.mean(step_errs)) if step_errs else float("nan")
     out["clipped_fraction"] = float(np.mean(clipped))
+    out["dropped_clipped_terminals"] = dropped
     return out
 
 
@@ -176,6 +182,7 @@ def check_against_reference(got, want):
         assert got[k].dtype == np.float32, k
         assert got[k].shape == want[k].shape, (k, got[k].shape, want[k].shape)
         np.testing.assert_allclose(got[k], want[k], atol=1e-5, err_msg=k)
+    assert got["dropped_clipped_terminals"] == want["dropped_clipped_terminals"]
     for k in ("action_consistency", "one_step_state_mse", "clipped_fraction"):
         assert math.isclose(got[k], want[k], rel_tol=1e-4) or (math.isnan(got[k])
                                                                and math.isnan(want[k])), k
@@ -227,6 +234,44 @@ def test_generate_transitions_truncates_at_termination(model, idm):
     for r in term_rows[term_rows + 1 < len(got["terminals"])]:
         assert tuple(got["observations"][r + 1].round(5)) in starts
     assert np.all(got["next_observations"][term_rows, 0] <= 0.0)
+
+
+@pytest.mark.parametrize("drop", [True, False])
+def test_falls_made_by_the_clip_are_dropped(idm, drop):
+    """Windows with known values (a stand-in backend): a next state that is unhealthy only at the
+    clip bound (normalized z = -1) is dropped with the rest of its window; an unhealthy unclipped
+    one stays a terminal; a clipped but healthy one stays an ordinary step."""
+    fam = fake_family(healthy_z=(0.0, float("inf")))      # raw z = 2 s + 1 > 0: s_z > -0.5
+    s0, a0, g = inputs(3, seed=20)
+
+    def windows(m, s, a, r, cfg, gen):
+        x = torch.zeros(3, T, C)
+        x[:, 0, :OBS], x[:, 0, OBS:OBS + ACT] = s, a
+        x[0, 2, 0] = -1.0                 # window 0: s_2 at the clip bound and unhealthy
+        x[1, 2, 0] = -0.7                 # window 1: s_2 unhealthy inside the range
+        x[2, 3, 1] = 1.0                  # window 2: s_3 clipped in another dim, healthy
+        return x
+
+    register_backend("test-windows", windows)
+    try:
+        got = generate_transitions(
+            model_stub(), idm, s0, a0, g, fam, unnorm_states, unnorm_rewards,
+            SamplingConfig(drop_clipped_terminals=drop), torch.Generator(),
+            backend="test-windows")
+    finally:
+        del generate_mod._BACKENDS["test-windows"]
+    # rows per window: 0 -> 1 step (or 2, the second terminal, without dropping); 1 -> 2 steps,
+    # the second terminal; 2 -> all T - 1 steps
+    first = 1 if drop else 2
+    assert len(got["terminals"]) == first + 2 + (T - 1)
+    assert got["terminals"].tolist() == ([0.0] if drop else [0.0, 1.0]) + [0.0, 1.0] + \
+        [0.0] * (T - 1)
+    assert got["dropped_clipped_terminals"] == (1 if drop else 0)
+
+
+def model_stub() -> DiffusionWorldModel:
+    return DiffusionWorldModel(OBS, ACT, WorldModelConfig(
+        horizon=T, unet=TemporalUNetConfig(dim=8, dim_mults=(1, 2), n_groups=2)))
 
 
 def test_health_rules_follow_gymnasium_v5():
