@@ -112,8 +112,8 @@ class CDFNormalizer(Normalizer):
             return out.reshape(x.shape).astype(x.dtype if x.dtype.kind == "f" else np.float32)
         import torch
         # np.array copies: broadcast views (and loaded arrays) are read-only, which torch warns of
-        xp_t = torch.as_tensor(np.array(xp), dtype=x.dtype, device=x.device)
-        fp_t = torch.as_tensor(np.array(fp), dtype=x.dtype, device=x.device)
+        xp_t = torch.as_tensor(np.array(xp, order="C"), dtype=x.dtype, device=x.device)
+        fp_t = torch.as_tensor(np.array(fp, order="C"), dtype=x.dtype, device=x.device)
         flat = x.reshape(-1, d).T.contiguous()                             # [D, N]
         flat = torch.maximum(torch.minimum(flat, xp_t[:, -1:]), xp_t[:, :1])
         i = torch.searchsorted(xp_t, flat).clamp(1, xp_t.shape[1] - 1)
