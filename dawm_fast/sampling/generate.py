@@ -152,9 +152,9 @@ def generate_transitions(model: DiffusionWorldModel, idm: InverseDynamics,
     tensors; numpy arrays are accepted back). Each window yields transitions for steps
     i = 0..T-2: (s_i, a_i, r_i, s_{i+1}) with a_0 = the real conditioning a_t and a_i = IDM(s_i,
     s_{i+1}) (normalized space) for i >= 1. A transition whose raw next state is unhealthy gets
-    terminal = 1 and ends its window (unless only the x0 clip made it unhealthy: see below). Returns float32 numpy arrays observations, actions,
-    rewards, next_observations, terminals (0/1), ordered window by window, and three floats that
-    say how much to trust them:
+    terminal = 1 and ends its window (unless only the x0 clip made it unhealthy: see below).
+    Returns float32 numpy arrays observations, actions, rewards, next_observations, terminals
+    (0/1), ordered window by window, and numbers that say how much to trust them:
     ``action_consistency``: per-element MSE between IDM(s_t, s_1) and a_t over all windows;
     ``one_step_state_mse``: per-element MSE (normalized space) between the generated s_1 and the
     real next states ``next_states`` [N, obs_dim] (normalized), NaN without them;
