@@ -239,17 +239,18 @@ class Pipeline:
               f"guidance w {cfg.sampling.guidance_weight}, {cfg.sampling.n_sampling_steps} DDIM "
               f"steps, backend {cfg.backend}", flush=True)
         t0 = time.time()
-        s1 = self.state_norm.normalize(ds.next_observations[rows])
+        s1 = torch.as_tensor(self.state_norm.normalize(ds.next_observations[rows]),
+                             device=self.device)
         syn = generate_transitions(
             model, idm, s0, a0, g, self.family, self.state_norm.unnormalize,
             lambda r: self.reward_norm.unnormalize(r[:, None])[:, 0], cfg.sampling, gen,
-            backend=cfg.backend, next_states=torch.as_tensor(s1, device=self.device))
+            backend=cfg.backend, next_states=s1)
         dt = time.time() - t0
         consistency = syn.pop("action_consistency")
         step_mse, clipped = syn.pop("one_step_state_mse"), syn.pop("clipped_fraction")
         dropped = syn.pop("dropped_clipped_terminals")
         # Scale for step_mse: predicting "nothing moves" (s_{t+1} = s_t) on the same starts.
-        copy_mse = float(np.mean((self.state_norm.normalize(ds.observations[rows]) - s1) ** 2))
+        copy_mse = float(((s0 - s1) ** 2).mean())
         n_syn = len(syn["rewards"])
         tmp = self.out / "synthetic.tmp.npz"
         np.savez(tmp, **syn)

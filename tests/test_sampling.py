@@ -237,7 +237,7 @@ def test_generate_transitions_truncates_at_termination(model, idm):
 
 
 @pytest.mark.parametrize("drop", [True, False])
-def test_falls_made_by_the_clip_are_dropped(idm, drop):
+def test_falls_made_by_the_clip_are_dropped(model, idm, drop):
     """Windows with known values (a stand-in backend): a next state that is unhealthy only at the
     clip bound (normalized z = -1) is dropped with the rest of its window; an unhealthy unclipped
     one stays a terminal; a clipped but healthy one stays an ordinary step."""
@@ -255,7 +255,7 @@ def test_falls_made_by_the_clip_are_dropped(idm, drop):
     register_backend("test-windows", windows)
     try:
         got = generate_transitions(
-            model_stub(), idm, s0, a0, g, fam, unnorm_states, unnorm_rewards,
+            model, idm, s0, a0, g, fam, unnorm_states, unnorm_rewards,
             SamplingConfig(drop_clipped_terminals=drop), torch.Generator(),
             backend="test-windows")
     finally:
@@ -267,11 +267,6 @@ def test_falls_made_by_the_clip_are_dropped(idm, drop):
     assert got["terminals"].tolist() == ([0.0] if drop else [0.0, 1.0]) + [0.0, 1.0] + \
         [0.0] * (T - 1)
     assert got["dropped_clipped_terminals"] == (1 if drop else 0)
-
-
-def model_stub() -> DiffusionWorldModel:
-    return DiffusionWorldModel(OBS, ACT, WorldModelConfig(
-        horizon=T, unet=TemporalUNetConfig(dim=8, dim_mults=(1, 2), n_groups=2)))
 
 
 def test_health_rules_follow_gymnasium_v5():

@@ -101,9 +101,9 @@ def export(env: str, workdir: Path, out_dir: Path = POLICY_DIR, n_expert_candida
     # deterministic, one fall in ten).
     noise = RECIPE.rollout_noise
     best = sorted(log, key=lambda x: -x[1])[:n_expert_candidates]
-    noisy = {s: evaluate(NumpyPolicy(load(s)), fam.gym_id_v5, episodes=20, noise=noise)
-             for s, _ in best}
-    plain = {s: evaluate(NumpyPolicy(load(s)), fam.gym_id_v5) for s, _ in best}
+    policies = {s: NumpyPolicy(load(s)) for s, _ in best}
+    noisy = {s: evaluate(p, fam.gym_id_v5, episodes=20, noise=noise) for s, p in policies.items()}
+    plain = {s: evaluate(p, fam.gym_id_v5) for s, p in policies.items()}
     for s, _ in best:
         print(f"[export] expert candidate {s}: {plain[s].mean():.1f} ± {plain[s].std():.1f} "
               f"deterministic, {noisy[s].mean():.1f} ± {noisy[s].std():.1f} with action noise "

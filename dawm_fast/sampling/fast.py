@@ -48,8 +48,8 @@ def sample_fast(model: DiffusionWorldModel, s0: torch.Tensor, a0: torch.Tensor,
                        torch.zeros(b, device=dev, dtype=dt)])               # [2B]
     for i, t in enumerate(timesteps):
         t2 = torch.full((2 * b,), t, device=dev, dtype=torch.long)          # [2B]
-        eps2 = _eps_forward(weakref.ref(model), use_triton, cfg.bf16, torch.cat([x, x]), t2,
-                            returns2, actions2, mask2)                      # [2B, T, C]
+        eps2 = _eps_forward(model, use_triton, cfg.bf16, torch.cat([x, x]), t2, returns2,
+                            actions2, mask2)                                # [2B, T, C]
         noise = None
         if cfg.eta > 0:
             # Unscaled: the kernel applies the temperature (noise_scale) exactly as
@@ -60,11 +60,9 @@ def sample_fast(model: DiffusionWorldModel, s0: torch.Tensor, a0: torch.Tensor,
     return x
 
 
-def _eps_forward(model_ref, use_triton: bool, bf16: bool, x2, t2, returns2, actions2, mask2):
+def _eps_forward(model, use_triton: bool, bf16: bool, x2, t2, returns2, actions2, mask2):
     """One fused 2B forward -> fp32 eps2 (``predict_eps``: bf16 autocast when asked, an x0 output
-    converted). ``model_ref`` is a weak reference: the cached callable must not keep its model
-    alive."""
-    model = model_ref()
+    converted)."""
     unet_forward = functools.partial(fused_unet_forward, model.unet, use_triton=use_triton)
     return model.predict_eps(x2, t2, returns2, actions2, mask2, forward=unet_forward, bf16=bf16)
 
@@ -78,8 +76,11 @@ _FORWARDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 def _forward_for(model: DiffusionWorldModel, use_triton: bool, bf16: bool):
     per_model = _FORWARDS.setdefault(model, {})
     if (use_triton, bf16) not in per_model:
-        per_model[(use_triton, bf16)] = functools.partial(_eps_forward, weakref.ref(model),
-                                                          use_triton, bf16)
+        # The cached callable holds its model weakly: a strong reference from this weak-keyed
+        # cache's value would keep the model alive forever.
+        model_ref = weakref.ref(model)
+        per_model[(use_triton, bf16)] = lambda *inputs: _eps_forward(model_ref(), use_triton,
+                                                                     bf16, *inputs)
     return per_model[(use_triton, bf16)]
 
 

@@ -160,7 +160,7 @@ def generate_transitions(model: DiffusionWorldModel, idm: InverseDynamics,
     real next states ``next_states`` [N, obs_dim] (normalized), NaN without them;
     ``clipped_fraction``: share of generated future state values at the x0 clip bound (a world
     model that has not learned a region puts its samples there); and the int
-    ``dropped_clipped_terminals``: steps dropped as falls that only the clip made
+    ``dropped_clipped_terminals``: windows cut at a fall that only the clip made
     (``cfg.drop_clipped_terminals``).
     """
     dev = _model_device(model)
@@ -192,8 +192,9 @@ def generate_transitions(model: DiffusionWorldModel, idm: InverseDynamics,
                 real_next = next_states[lo:lo + cfg.batch_size]                  # [b, o]
                 step_err += float(((states[:, 1] - real_next) ** 2).sum())
                 n_step += real_next.numel()
-            n_clipped += int((states[:, 1:].abs() >= clip_bound).sum())
-            n_future += states[:, 1:].numel()
+            at_bound = states[:, 1:].abs() >= clip_bound                     # [b, T-1, o]
+            n_clipped += int(at_bound.sum())
+            n_future += at_bound.numel()
             acts = torch.empty(b, t_len - 1, a, device=dev)                  # [b, T-1, a]
             acts[:, 0] = a0c
             if t_len > 2:
@@ -210,7 +211,7 @@ def generate_transitions(model: DiffusionWorldModel, idm: InverseDynamics,
             # height or angle IS a fall (cpu preset, walker2d: 98% of synthetic terminals, 5x the
             # real rate). With cfg.drop_clipped_terminals such a step and the rest of its window
             # are dropped; unhealthy unclipped states stay real terminals.
-            clipped_next = (states[:, 1:].abs() >= clip_bound).any(dim=-1)   # [b, T-1]
+            clipped_next = at_bound.any(dim=-1)                              # [b, T-1]
             doubtful = unhealthy & clipped_next if cfg.drop_clipped_terminals else \
                 torch.zeros_like(unhealthy)
             term = unhealthy & ~doubtful
