@@ -96,6 +96,34 @@ def test_time_limit_truncation_ends_episodes(seed):
     np.testing.assert_array_equal(res.returns, ref_ret)
 
 
+def test_action_noise_one_env_matches_a_noisy_hand_loop(seed):
+    """With n_envs=1 the noise is drawn step by step, episode after episode, from one generator:
+    the same draws as a plain noisy loop; noise changes the returns and stays inside [-1, 1]."""
+    def policy(obs):
+        return 0.9 * np.tanh(obs[:, 2:5])
+
+    seen = []
+
+    def noisy_hand_policy(obs, rng=np.random.default_rng(seed + 1)):
+        a = np.clip(policy(obs) + rng.normal(0, 0.3, (1, 3)), -1, 1).astype(np.float32)
+        seen.append(a)
+        return a
+
+    res = evaluate_policy(policy, "Hopper-v5", episodes=3, seed=seed, n_envs=1,
+                          action_noise=0.3, noise_seed=seed + 1)
+    ref_ret, ref_len = hand_loop(noisy_hand_policy, "Hopper-v5", 3, seed)
+    np.testing.assert_array_equal(res.returns, ref_ret)
+    np.testing.assert_array_equal(res.lengths, ref_len)
+    assert np.abs(np.concatenate(seen)).max() <= 1.0
+    plain = evaluate_policy(policy, "Hopper-v5", episodes=3, seed=seed, n_envs=1)
+    assert not np.array_equal(plain.returns, res.returns)
+    again = evaluate_policy(policy, "Hopper-v5", episodes=3, seed=seed, n_envs=3,
+                            action_noise=0.3, noise_seed=seed + 1)
+    np.testing.assert_array_equal(
+        again.returns, evaluate_policy(policy, "Hopper-v5", episodes=3, seed=seed, n_envs=3,
+                                       action_noise=0.3, noise_seed=seed + 1).returns)
+
+
 def test_bad_action_shape_is_reported():
     with pytest.raises(ValueError, match="act_fn returned shape"):
         evaluate_policy(lambda o: np.zeros((len(o), 5)), "Walker2d-v5", episodes=1, seed=0)

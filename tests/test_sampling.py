@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from dawm_fast.data.tasks import EnvFamily, env_family
-from dawm_fast.sampling import (SamplingConfig, available_backends, generate_transitions, healthy,
-                                register_backend, sample_windows)
+from dawm_fast.sampling import (SamplingConfig, available_backends, failed_health_checks,
+                                generate_transitions, healthy, register_backend, sample_windows)
 from dawm_fast.sampling import generate as generate_mod
 from dawm_fast.world_model import (DDIMScheduler, DiffusionWorldModel, InverseDynamics,
                                    InverseDynamicsConfig, TemporalUNetConfig, WorldModelConfig)
@@ -156,9 +156,10 @@ def expected_transitions(model, idm, s0, a0, g, family, cfg, seed, next_states=N
                 for i in range(T - 1):
                     act = a0[sl][w] if i == 0 else idm(s[i:i + 1], s[i + 1:i + 2])[0]
                     nxt = unnorm_states(s[i + 1])
-                    done = not bool(healthy(family, nxt[None])[0])
-                    if done and cfg.drop_clipped_terminals and bool(
-                            (s[i + 1].abs() >= 1.0 - 1e-6).any()):
+                    failed = failed_health_checks(family, nxt[None])[0]
+                    done = bool(failed.any())
+                    off_bound = s[i + 1].abs() < 1.0 - 1e-6
+                    if done and cfg.drop_clipped_terminals and not bool((failed & off_bound).any()):
                         dropped += 1               # a fall only the clip made: cut here
                         break
                     rows["observations"].append(unnorm_states(s[i]).numpy())
@@ -239,8 +240,9 @@ def test_generate_transitions_truncates_at_termination(model, idm):
 @pytest.mark.parametrize("drop", [True, False])
 def test_falls_made_by_the_clip_are_dropped(model, idm, drop):
     """Windows with known values (a stand-in backend): a next state that is unhealthy only at the
-    clip bound (normalized z = -1) is dropped with the rest of its window; an unhealthy unclipped
-    one stays a terminal; a clipped but healthy one stays an ordinary step."""
+    clip bound (normalized z = -1) is dropped with the rest of its window; one whose failing value
+    is off the bound stays a terminal, even with an unchecked value at the bound; a clipped but
+    healthy one stays an ordinary step."""
     fam = fake_family(healthy_z=(0.0, float("inf")))      # raw z = 2 s + 1 > 0: s_z > -0.5
     s0, a0, g = inputs(3, seed=20)
 
@@ -248,7 +250,8 @@ def test_falls_made_by_the_clip_are_dropped(model, idm, drop):
         x = torch.zeros(3, T, C)
         x[:, 0, :OBS], x[:, 0, OBS:OBS + ACT] = s, a
         x[0, 2, 0] = -1.0                 # window 0: s_2 at the clip bound and unhealthy
-        x[1, 2, 0] = -0.7                 # window 1: s_2 unhealthy inside the range
+        x[1, 2, 0] = -0.7                 # window 1: s_2 unhealthy inside the range,
+        x[1, 2, 1] = 1.0                  # with an unchecked value at the bound
         x[2, 3, 1] = 1.0                  # window 2: s_3 clipped in another dim, healthy
         return x
 
@@ -278,6 +281,8 @@ def test_health_rules_follow_gymnasium_v5():
     h[3, 5] = 150.0                    # a velocity outside (-100, 100)
     h[4, 0] = 150.0                    # z is not under the |state[1:]| bound: still healthy
     assert healthy(hopper, h).tolist() == [True, False, False, False, True]
+    # which values fail: hopper's angle is checked twice (its own bound, the state bound)
+    assert failed_health_checks(hopper, h).nonzero().tolist() == [[1, 0], [2, 1], [3, 5]]
     w = torch.zeros(5, walker.obs_dim)
     w[:, 0] = 1.25
     w[1, 0] = 2.1                      # z above 2.0

@@ -20,36 +20,21 @@ import csv
 import json
 from pathlib import Path
 
-import gymnasium as gym
 import numpy as np
 
 from dawm_fast.data.embedded import POLICY_DIR, RECIPE
 from dawm_fast.data.numpy_policy import NumpyPolicy
 from dawm_fast.data.tasks import env_family
+from dawm_fast.evaluation.rollout import evaluate_policy
 
 EVAL_SEED = 777
 
 
 def evaluate(policy, gym_id: str, episodes: int = 10, seed: int = EVAL_SEED,
              noise: float = 0.0) -> np.ndarray:
-    """Returns of `episodes` episodes; with `noise`, Gaussian action noise as the dataset
-    rollouts add it (embedded.RECIPE.rollout_noise)."""
-    env = gym.make(gym_id)
-    rng = np.random.default_rng(seed)
-    rets = []
-    for i in range(episodes):
-        o, _ = env.reset(seed=seed + i)
-        done, ret = False, 0.0
-        while not done:
-            a = policy(o[None])[0]
-            if noise > 0:
-                a = np.clip(a + rng.normal(0, noise, a.shape), -1, 1).astype(np.float32)
-            o, r, term, trunc, _ = env.step(a)
-            ret += float(r)
-            done = term or trunc
-        rets.append(ret)
-    env.close()
-    return np.asarray(rets)
+    """Returns of `episodes` episodes (all side by side); with `noise`, Gaussian action noise as
+    the dataset rollouts add it (embedded.RECIPE.rollout_noise)."""
+    return evaluate_policy(policy, gym_id, episodes, seed, action_noise=noise).returns
 
 
 def random_policy(act_dim: int, seed: int):

@@ -38,6 +38,7 @@ from dawm_fast.behavior.run_files import (append_eval_log, atomic_np_save, parse
 from dawm_fast.data.embedded import replay_episodes
 from dawm_fast.data.numpy_policy import NumpyPolicy
 from dawm_fast.data.tasks import env_family
+from dawm_fast.evaluation.rollout import evaluate_policy
 from dawm_fast.rl.networks import DeterministicActor, TwinCritic, actor_to_numpy, mlp
 from dawm_fast.run_io import atomic_torch_save
 
@@ -101,20 +102,11 @@ class OnlineTD3Config:
 
 
 def evaluate_actor(actor: DeterministicActor, gym_id: str, episodes: int, seed: int) -> np.ndarray:
-    env = gym.make(gym_id)
-    returns = []
-    for i in range(episodes):
-        obs, _ = env.reset(seed=seed + i)
-        done, ret = False, 0.0
-        while not done:
-            with torch.no_grad():
-                a = actor(torch.as_tensor(obs, dtype=torch.float32)[None])[0].numpy()
-            obs, r, term, trunc, _ = env.step(a)
-            ret += float(r)
-            done = term or trunc
-        returns.append(ret)
-    env.close()
-    return np.asarray(returns)
+    """Returns of the live (float32) actor, deterministic, episode i reset with seed + i."""
+    def act(obs: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return actor(torch.as_tensor(obs, dtype=torch.float32)).numpy()
+    return evaluate_policy(act, gym_id, episodes, seed).returns
 
 
 class OnlineTD3:

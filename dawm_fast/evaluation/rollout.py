@@ -49,12 +49,16 @@ def make_env(env_id: str) -> gym.Env:
 
 
 def evaluate_policy(act_fn: Callable[[np.ndarray], np.ndarray], env_id: str, episodes: int,
-                    seed: int, n_envs: int | None = None) -> EvalResult:
-    """Run ``episodes`` episodes of a deterministic policy; episode i is reset with seed+i.
+                    seed: int, n_envs: int | None = None, action_noise: float = 0.0,
+                    noise_seed: int | None = None) -> EvalResult:
+    """Run ``episodes`` episodes of a policy; episode i is reset with seed+i.
 
     ``act_fn`` maps raw observations [N, obs] to actions [N, act] (e.g. ``agent.act``).
     ``n_envs`` caps how many episodes run at once (default: all of them); a finished env
     starts the next pending episode, so every episode is counted exactly once.
+    ``action_noise`` > 0 adds Gaussian noise of that std to every action, then clips to [-1, 1]
+    (the behaviour datasets' rollouts), drawn from one generator seeded with ``noise_seed``
+    (default ``seed``): noisy results depend on ``n_envs`` too.
     """
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
@@ -63,6 +67,7 @@ def evaluate_policy(act_fn: Callable[[np.ndarray], np.ndarray], env_id: str, epi
         raise ValueError(f"n_envs must be >= 1, got {n_envs}")
     envs = [make_env(env_id) for _ in range(n_envs)]
     act_shape = envs[0].action_space.shape
+    noise_rng = np.random.default_rng(seed if noise_seed is None else noise_seed)
     returns = np.zeros(episodes, dtype=np.float64)
     lengths = np.zeros(episodes, dtype=np.int64)
     obs: list[np.ndarray | None] = [None] * n_envs
@@ -84,6 +89,9 @@ def evaluate_policy(act_fn: Callable[[np.ndarray], np.ndarray], env_id: str, epi
             if actions.shape != (len(running), *act_shape):
                 raise ValueError(f"act_fn returned shape {actions.shape} for {len(running)} "
                                  f"observations; expected {(len(running), *act_shape)}")
+            if action_noise > 0:
+                actions = np.clip(actions + noise_rng.normal(0, action_noise, actions.shape),
+                                  -1, 1).astype(np.float32)
             still = []
             for a, slot in zip(actions, running):
                 obs[slot], r, terminated, truncated, _ = envs[slot].step(a)

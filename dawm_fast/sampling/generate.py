@@ -117,24 +117,29 @@ def sample_windows(model: DiffusionWorldModel, s0: torch.Tensor, a0: torch.Tenso
         return _BACKENDS[backend](model, s0, a0, returns, cfg, generator)
 
 
-def healthy(family: EnvFamily, states: torch.Tensor) -> torch.Tensor:
-    """Gymnasium v5 health check on raw observations [N, obs_dim] -> bool [N].
+def failed_health_checks(family: EnvFamily, states: torch.Tensor) -> torch.Tensor:
+    """Gymnasium v5 health check on raw observations [N, obs_dim] -> bool [N, obs_dim]: which
+    values break a bound (a state is healthy iff none does).
 
     Observations exclude the x position, so state[0] is the torso height z and state[1] its
     angle; hopper's state bound covers state[1:] (= state_vector()[2:]). Bounds are strict.
     """
-    ok = torch.ones(states.shape[0], dtype=torch.bool, device=states.device)
+    failed = torch.zeros(states.shape, dtype=torch.bool, device=states.device)
     if family.healthy_z is not None:
         lo, hi = family.healthy_z
-        ok &= (states[:, 0] > lo) & (states[:, 0] < hi)
+        failed[:, 0] |= (states[:, 0] <= lo) | (states[:, 0] >= hi)
     if family.healthy_angle is not None:
         lo, hi = family.healthy_angle
-        ok &= (states[:, 1] > lo) & (states[:, 1] < hi)
+        failed[:, 1] |= (states[:, 1] <= lo) | (states[:, 1] >= hi)
     if family.healthy_state is not None:
         lo, hi = family.healthy_state
-        rest = states[:, 1:]
-        ok &= ((rest > lo) & (rest < hi)).all(dim=-1)
-    return ok
+        failed[:, 1:] |= (states[:, 1:] <= lo) | (states[:, 1:] >= hi)
+    return failed
+
+
+def healthy(family: EnvFamily, states: torch.Tensor) -> torch.Tensor:
+    """Gymnasium v5 health check on raw observations [N, obs_dim] -> bool [N]."""
+    return ~failed_health_checks(family, states).any(dim=-1)
 
 
 def generate_transitions(model: DiffusionWorldModel, idm: InverseDynamics,
@@ -205,15 +210,16 @@ def generate_transitions(model: DiffusionWorldModel, idm: InverseDynamics,
             raw_r = torch.as_tensor(unnormalize_rewards(rewards.reshape(-1)),
                                     device=dev, dtype=torch.float32).reshape(b, t_len)
             nxt = raw_s[:, 1:]                                               # [b, T-1, o]
-            unhealthy = ~healthy(family, nxt.reshape(-1, o)).reshape(b, t_len - 1)
-            # An unhealthy next state with a value at the x0 clip bound is not trusted as a fall:
-            # the clip maps any overshoot to the data's most extreme value, which for the torso
-            # height or angle IS a fall (cpu preset, walker2d: 98% of synthetic terminals, 5x the
-            # real rate). With cfg.drop_clipped_terminals such a step and the rest of its window
-            # are dropped; unhealthy unclipped states stay real terminals.
-            clipped_next = at_bound.any(dim=-1)                              # [b, T-1]
-            doubtful = unhealthy & clipped_next if cfg.drop_clipped_terminals else \
-                torch.zeros_like(unhealthy)
+            failed = failed_health_checks(family, nxt.reshape(-1, o)).reshape(b, t_len - 1, o)
+            unhealthy = failed.any(dim=-1)                                   # [b, T-1]
+            # A next state that breaks a health bound only with values at the x0 clip bound is
+            # not trusted as a fall: the clip maps any overshoot to the data's most extreme
+            # value, which for the torso height or angle IS a fall (cpu preset, walker2d: 98% of
+            # synthetic terminals, 5x the real rate). With cfg.drop_clipped_terminals such a step
+            # and the rest of its window are dropped. A state with a failing value off the bound
+            # stays a real terminal, whatever other (unchecked) values sit at the bound.
+            doubtful = unhealthy & ~(failed & ~at_bound).any(dim=-1) \
+                if cfg.drop_clipped_terminals else torch.zeros_like(unhealthy)
             term = unhealthy & ~doubtful
             # keep step i iff no terminal or doubtful step strictly before i, and i not doubtful
             stop = (term | doubtful).long()
