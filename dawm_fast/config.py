@@ -42,6 +42,20 @@ def pipeline_world_model(**fields) -> WorldModelConfig:
     return WorldModelConfig(schedule=PIPELINE_SCHEDULE, **fields)
 
 
+STATE_NORMALIZERS = ("cdf", "gaussian")
+
+
+def with_state_normalizer(cfg: "PipelineConfig", name: str) -> "PipelineConfig":
+    """`cfg` with states scaled by `name`. A standardized state has no [-1, 1] range, so the
+    x0 clip (made for the CDF's range) is turned off: an x0-predicting network needs none."""
+    if name not in STATE_NORMALIZERS:
+        raise ValueError(f"unknown state normalizer {name!r}; valid: {', '.join(STATE_NORMALIZERS)}")
+    wm = cfg.world_model
+    clip = wm.schedule.clip_sample if name == "cdf" else False
+    return dataclasses.replace(cfg, state_normalizer=name, world_model=dataclasses.replace(
+        wm, schedule=dataclasses.replace(wm.schedule, clip_sample=clip)))
+
+
 def default_target_return(task: str) -> float:
     family, kind = parse_task(task)
     return _TARGET_RETURN.get((family.name, kind), 0.7)
@@ -62,6 +76,10 @@ class PipelineConfig:
     # -- inverse dynamics ------------------------------------------------------------------------
     idm: InverseDynamicsConfig = field(default_factory=InverseDynamicsConfig)
     # -- world model -----------------------------------------------------------------------------
+    # How states are scaled for the world model: "cdf" (DWM: per-dimension quantiles onto
+    # [-1, 1]) or "gaussian" (per-dimension standardization; pair it with no x0 clip, see
+    # with_state_normalizer). Rewards are always min-max scaled to [-1, 1].
+    state_normalizer: str = "cdf"
     world_model: WorldModelConfig = field(default_factory=pipeline_world_model)
     wm_steps: int = 2_000_000             # DWM: 2e6 iterations at batch 64
     wm_batch_size: int = 64

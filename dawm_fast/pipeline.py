@@ -15,11 +15,11 @@ import numpy as np
 import torch
 
 from dawm_fast.config import PipelineConfig
-from dawm_fast.data import (CDFNormalizer, MinMaxNormalizer, Normalizer, OfflineDataset,
-                            load_dataset, make_windows, normalized_score)
+from dawm_fast.data import (CDFNormalizer, GaussianNormalizer, MinMaxNormalizer, Normalizer,
+                            OfflineDataset, load_dataset, make_windows, normalized_score)
 from dawm_fast.data.dataset import subset_episodes
 from dawm_fast.data.tasks import parse_task
-from dawm_fast.evaluation import evaluate_policy
+from dawm_fast.evaluation import dynamics_check, evaluate_policy
 from dawm_fast.rl.buffer import MixedSampler, Transitions, compute_obs_stats, iql_reward_scale
 from dawm_fast.rl.fast_updates import FastIQL, FastTD3BC
 from dawm_fast.rl.iql import IQL
@@ -114,8 +114,9 @@ class Pipeline:
         if all(p.exists() for p in paths):
             self.state_norm, self.reward_norm = (Normalizer.load(p) for p in paths)
         else:
-            self.state_norm = CDFNormalizer(np.concatenate([ds.observations,
-                                                            ds.next_observations]))
+            states = np.concatenate([ds.observations, ds.next_observations])
+            self.state_norm = (GaussianNormalizer(states) if cfg.state_normalizer == "gaussian"
+                               else CDFNormalizer(states))
             self.reward_norm = MinMaxNormalizer(ds.rewards[:, None])
             for norm, p in zip((self.state_norm, self.reward_norm), paths):
                 norm.save(p)
@@ -267,10 +268,33 @@ class Pipeline:
               f"real next states (normalized; 'nothing moves' scores {copy_mse:.4f}); "
               f"{clipped:.1%} of generated state values at the clip bound; {dropped:,} windows "
               f"cut at a fall only the clip made", flush=True)
+        replay = self._replay_check(syn)
         return {"synthetic_transitions": n_syn, "action_consistency_mse": consistency,
                 "one_step_state_mse": step_mse, "copy_state_mse": copy_mse,
                 "clipped_fraction": clipped, "dropped_clipped_terminals": dropped,
-                "transitions_per_s": rate}
+                "transitions_per_s": rate, **replay}
+
+    def _replay_check(self, syn: dict) -> dict:
+        """A diagnostic, never a filter: up to 5,000 synthetic transitions replayed in the
+        simulator (dynamics_check), their errors against the true dynamics written to
+        dynamics_check.json and the log."""
+        if len(syn["rewards"]) == 0:
+            return {}
+        rep = dynamics_check.check(self.family, syn, dynamics_check.dataset_arrays(self.dataset),
+                                   n=5_000, seed=self.cfg.seed + 5,
+                                   env_id=self.dataset.eval_env_id)
+        write_json(self.out / "dynamics_check.json", rep)
+        s = rep["synthetic"]
+        print(f"[generation] simulator replay (diagnostic, not used for training): synthetic "
+              f"next states off the true dynamics by {s['state_error']:.4f} (standardized MSE; "
+              f"'nothing moves' {rep['still_error']:.4f}, real data 0), reward RMSE "
+              f"{s['reward_rmse']:.4f} (real reward std {rep['real_reward_std']:.4f}); "
+              f"dynamics_check.json has it by window step", flush=True)
+        self.metrics.log("generation", len(syn["rewards"]), replay_state_error=s["state_error"],
+                         replay_still_error=rep["still_error"],
+                         replay_reward_rmse=s["reward_rmse"])
+        return {"replay_state_error": s["state_error"], "replay_still_error": rep["still_error"],
+                "replay_reward_rmse": s["reward_rmse"]}
 
     # -- stage: offline RL -----------------------------------------------------------------------
     def _rl_setup(self):
@@ -404,6 +428,9 @@ class Pipeline:
             "one_step_state_mse": done["generation"].get("one_step_state_mse"),
             "copy_state_mse": done["generation"].get("copy_state_mse"),
             "synthetic_clipped_fraction": done["generation"].get("clipped_fraction"),
+            "replay_state_error": done["generation"].get("replay_state_error"),
+            "replay_still_error": done["generation"].get("replay_still_error"),
+            "replay_reward_rmse": done["generation"].get("replay_reward_rmse"),
             "idm_heldout_action_mse": done["idm"].get("heldout_action_mse"),
             "synthetic_transitions": done["generation"].get("synthetic_transitions", 0),
             "generation_transitions_per_s": done["generation"].get("transitions_per_s"),

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from dawm_fast.config import ALGOS, BACKENDS, PRESETS, config_from_dict, preset_config
+from dawm_fast.config import (ALGOS, BACKENDS, PRESETS, STATE_NORMALIZERS, config_from_dict,
+                              preset_config, with_state_normalizer)
 from dawm_fast.data import SOURCES, TASK_NAMES, DatasetError, UnknownTaskError
 from dawm_fast.run_io import RunError, die
 from dawm_fast.world_model.scheduler import PREDICTION_TYPES
@@ -48,6 +49,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--prediction-type", default=None, choices=PREDICTION_TYPES,
                    help="what the world model's network predicts: the noise (epsilon, as DWM) or "
                         "the clean window (sample); default per preset")
+    p.add_argument("--state-normalizer", default=None, choices=STATE_NORMALIZERS,
+                   help="how the world model scales states: cdf (quantiles onto [-1, 1], as DWM) "
+                        "or gaussian (standardized, no x0 clip); default cdf")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     p.add_argument("--bf16", action="store_true",
                    help="world-model training and sampling under bf16 autocast (fp32 weights, "
@@ -84,6 +88,8 @@ def build_config(args: argparse.Namespace):
         wm = cfg.world_model
         cfg.world_model = dataclasses.replace(wm, schedule=dataclasses.replace(
             wm.schedule, prediction_type=args.prediction_type))
+    if args.state_normalizer is not None:
+        cfg = with_state_normalizer(cfg, args.state_normalizer)
     if args.bf16:
         cfg.wm_bf16 = True
         cfg.sampling = dataclasses.replace(cfg.sampling, bf16=True)

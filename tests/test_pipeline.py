@@ -39,6 +39,11 @@ def test_smoke_run_writes_results(smoke_data, tmp_path, capsys):
     assert 0 < res["one_step_state_mse"] < 4 and 0 < res["copy_state_mse"] < 4
     assert 0 <= res["synthetic_clipped_fraction"] <= 1
     assert "world-model check: one-step state MSE" in log
+    # the simulator replay of synthetic transitions (a diagnostic): real data replays exactly
+    assert "simulator replay (diagnostic, not used for training)" in log
+    assert res["replay_state_error"] > 0 and res["replay_still_error"] > 0
+    replay = json.loads((out / "dynamics_check.json").read_text())
+    assert replay["real_floor"]["state_error"] < 1e-10 and replay["env"] == "Walker2d-v5"
     assert set(res["wall_time_s"]) == {"data", "idm", "world_model", "generation", "rl",
                                        "evaluation"}
     for png in ("learning_curve.png", "world_model_loss.png", "real_vs_synthetic.png"):
@@ -79,6 +84,23 @@ def test_interrupted_run_resumes_to_the_same_agent(smoke_data, tmp_path, monkeyp
     ra = json.loads((full / "results.json").read_text())
     rb = json.loads((cut / "results.json").read_text())
     assert ra["final_return_mean"] == rb["final_return_mean"]
+
+
+def test_gaussian_state_normalizer_runs_without_the_x0_clip(smoke_data, tmp_path):
+    out = tmp_path / "gauss"
+    assert run(out, "--state-normalizer", "gaussian", "--until", "generation") == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["state_normalizer"] == "gaussian"
+    assert cfg["world_model"]["schedule"]["clip_sample"] is False
+    assert Normalizer.load(out / "normalizers" / "states.npz").kind == "gaussian"
+    with np.load(out / "synthetic.npz") as z:
+        assert len(z["rewards"]) > 0 and np.isfinite(z["next_observations"]).all()
+    gen = {r.split(",")[3]: float(r.split(",")[4]) for r in
+           (out / "metrics.csv").read_text().splitlines() if r.startswith("generation,")}
+    assert gen["clipped_fraction"] == 0.0 and gen["dropped_clipped_terminals"] == 0
+    with pytest.raises(ValueError, match="unknown state normalizer 'minmax'"):
+        from dawm_fast.config import preset_config, with_state_normalizer
+        with_state_normalizer(preset_config("smoke", "walker2d-medium", "td3bc"), "minmax")
 
 
 def test_plain_baseline_skips_the_world_model(smoke_data, tmp_path):

@@ -26,14 +26,18 @@ class EnvFamily:
     healthy_z: tuple[float, float] | None = None
     healthy_angle: tuple[float, float] | None = None
     healthy_state: tuple[float, float] | None = None   # hopper: |state[1:]| bound
+    # The v5 observation clips velocities to +-this (None: not clipped); an observation with a
+    # velocity there does not pin down the simulator state.
+    obs_velocity_clip: float | None = None
 
 
 ENV_FAMILIES: dict[str, EnvFamily] = {
     "hopper": EnvFamily("hopper", "Hopper-v5", "Hopper-v4", 11, 3, 400.0, -20.272305, 3234.3,
                         healthy_z=(0.7, float("inf")), healthy_angle=(-0.2, 0.2),
-                        healthy_state=(-100.0, 100.0)),
+                        healthy_state=(-100.0, 100.0), obs_velocity_clip=10.0),
     "walker2d": EnvFamily("walker2d", "Walker2d-v5", "Walker2d-v4", 17, 6, 550.0, 1.629008, 4592.3,
-                          healthy_z=(0.8, 2.0), healthy_angle=(-1.0, 1.0)),
+                          healthy_z=(0.8, 2.0), healthy_angle=(-1.0, 1.0),
+                          obs_velocity_clip=10.0),
     "halfcheetah": EnvFamily("halfcheetah", "HalfCheetah-v5", "HalfCheetah-v4", 17, 6, 1200.0,
                              -280.178953, 12135.0),
 }

@@ -1,0 +1,170 @@
+"""How far synthetic transitions are from the true dynamics, measured with the simulator.
+
+    python -m dawm_fast.evaluation.dynamics_check runs/walker2d-medium-expert_td3bc_cpu_ratio0.5_seed0
+
+A diagnostic, never a filter: DAWM is offline and the pipeline never queries the env for training
+data. Here each transition (s, a, r, s') — synthetic, or real for the floor — is replayed in the
+Gymnasium v5 env: the simulator is put in state s and stepped with a. MuJoCo locomotion dynamics do
+not depend on the x position the observation leaves out, so s fixes the state (qpos[0] = 0), except
+where a hopper/walker2d observation shows a velocity at its +-10 clip: such rows are left out (the
+share is reported). On real data the replay then matches to float precision (the floor).
+Reported, overall and by the step's place in its generated window (errors compound along a window):
+
+- ``state_error``: mean over values of ((s' - sim s') / std)^2, std per dimension of the real
+  observations; ``still_error`` is the same for "nothing moves" (s' = s) on real data, for scale;
+- ``reward_rmse``: RMS of r - sim r, beside the real rewards' std;
+- ``terminal_agreement``: share of steps whose terminal flag equals the simulator's.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from dawm_fast.data.tasks import EnvFamily, env_family
+from dawm_fast.evaluation.rollout import make_env
+from dawm_fast.run_io import write_json
+
+
+def simulate(family: EnvFamily, observations: np.ndarray, actions: np.ndarray,
+             env_id: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The env's (next observation, reward, terminated) for each (observation, action) row, in
+    `env_id` (default: the family's v5 env, which the Minari and embedded data were made on)."""
+    env = make_env(env_id or family.gym_id_v5)
+    env.reset(seed=0)
+    sim = env.unwrapped
+    nq = sim.model.nq
+    n = len(observations)
+    next_obs = np.empty((n, family.obs_dim), np.float64)
+    rewards, terminated = np.empty(n), np.zeros(n, bool)
+    try:
+        for i in range(n):
+            qpos = np.concatenate([[0.0], observations[i, :nq - 1]])
+            sim.set_state(qpos, observations[i, nq - 1:])
+            next_obs[i], rewards[i], terminated[i], _, _ = env.step(actions[i])
+    finally:
+        env.close()
+    return next_obs, rewards, terminated
+
+
+def pins_down_state(family: EnvFamily, observations: np.ndarray) -> np.ndarray:
+    """bool [N]: the observation fixes the simulator state (no velocity at the obs clip)."""
+    if family.obs_velocity_clip is None:
+        return np.ones(len(observations), bool)
+    # observation = qpos[1:] (nq - 1 values), then qvel (nv = nq for these planar robots)
+    velocities = observations[:, (family.obs_dim - 1) // 2:]
+    return (np.abs(velocities) < family.obs_velocity_clip * (1 - 1e-6)).all(axis=1)
+
+
+def window_positions(observations: np.ndarray, next_observations: np.ndarray) -> np.ndarray:
+    """Place of each transition in its window: generation writes a window's steps in order, so a
+    step continues a window exactly when its s equals the previous step's s'."""
+    cont = np.zeros(len(observations), bool)
+    cont[1:] = (observations[1:] == next_observations[:-1]).all(axis=1)
+    pos = np.zeros(len(observations), np.int64)
+    for i in np.flatnonzero(cont):
+        pos[i] = pos[i - 1] + 1
+    return pos
+
+
+def transition_errors(family: EnvFamily, batch: dict, state_std: np.ndarray,
+                      env_id: str | None = None) -> dict:
+    """Per-row standardized next-state squared error, reward error and terminal agreement."""
+    sim_next, sim_rew, sim_term = simulate(family, batch["observations"], batch["actions"],
+                                           env_id)
+    z = (batch["next_observations"] - sim_next) / state_std
+    return {"state_error": (z ** 2).mean(axis=1),
+            "reward_error": batch["rewards"] - sim_rew,
+            "terminal_agree": (batch["terminals"] > 0.5) == sim_term}
+
+
+def _summary(err: dict, rows: np.ndarray | slice = slice(None)) -> dict:
+    return {"n": int(np.asarray(err["state_error"][rows]).size),
+            "state_error": float(np.mean(err["state_error"][rows])),
+            "reward_rmse": float(np.sqrt(np.mean(err["reward_error"][rows] ** 2))),
+            "terminal_agreement": float(np.mean(err["terminal_agree"][rows]))}
+
+
+def check(family: EnvFamily, synthetic: dict, real: dict, n: int, seed: int,
+          env_id: str | None = None) -> dict:
+    """Simulator check of up to `n` synthetic and `n` real transitions drawn with `seed`, each a
+    dict of arrays observations, actions, rewards, next_observations, terminals."""
+    rng = np.random.default_rng(seed)
+    state_std = real["observations"].std(axis=0) + 1e-6
+    pos = window_positions(synthetic["observations"], synthetic["next_observations"])
+
+    def draw(data):
+        ok = np.flatnonzero(pins_down_state(family, data["observations"]))
+        idx = np.sort(rng.choice(ok, min(n, len(ok)), replace=False))
+        return idx, {k: np.asarray(data[k][idx], np.float64) for k in
+                     ("observations", "actions", "rewards", "next_observations", "terminals")}
+
+    s_idx, s_batch = draw(synthetic)
+    r_idx, r_batch = draw(real)
+    s_err = transition_errors(family, s_batch, state_std, env_id)
+    r_err = transition_errors(family, r_batch, state_std, env_id)
+    still = (((r_batch["next_observations"] - r_batch["observations"]) / state_std) ** 2).mean()
+    by_pos = {int(p): _summary(s_err, pos[s_idx] == p) for p in np.unique(pos[s_idx])}
+    left_out = {k: float(1 - pins_down_state(family, d["observations"]).mean())
+                for k, d in (("synthetic", synthetic), ("real", real))}
+    return {"env": env_id or family.gym_id_v5, "seed": seed, "left_out_velocity_clip": left_out,
+            "synthetic": _summary(s_err), "synthetic_by_window_step": by_pos,
+            "real_floor": _summary(r_err), "still_error": float(still),
+            "real_reward_std": float(real["rewards"].std())}
+
+
+def dataset_arrays(ds) -> dict:
+    """The transition arrays `check` takes, from an OfflineDataset."""
+    return {"observations": ds.observations, "actions": ds.actions, "rewards": ds.rewards,
+            "next_observations": ds.next_observations, "terminals": ds.terminals}
+
+
+def format_report(rep: dict) -> str:
+    out = rep["left_out_velocity_clip"]
+    lines = [f"simulator check on {rep['env']} (state error: standardized MSE; 'nothing moves' "
+             f"scores {rep['still_error']:.3f}; real reward std {rep['real_reward_std']:.3f}; "
+             f"left out, a velocity at the obs clip: {out['real']:.1%} real, "
+             f"{out['synthetic']:.1%} synthetic)",
+             f"{'':>16} {'n':>7} {'state err':>10} {'reward rmse':>12} {'terminal ok':>12}"]
+
+    def row(name, s):
+        lines.append(f"{name:>16} {s['n']:>7} {s['state_error']:>10.4f} {s['reward_rmse']:>12.4f} "
+                     f"{s['terminal_agreement']:>12.4f}")
+    row("real (floor)", rep["real_floor"])
+    row("synthetic", rep["synthetic"])
+    for p, s in rep["synthetic_by_window_step"].items():
+        row(f"window step {p}", s)
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("run_dir", type=Path, help="a pipeline run directory with synthetic.npz")
+    p.add_argument("--n", type=int, default=20_000, help="transitions checked of each kind")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    from dawm_fast.data import load_dataset                   # lazy: the data layer is heavy
+    cfg_path, syn_path = args.run_dir / "config.json", args.run_dir / "synthetic.npz"
+    for path in (cfg_path, syn_path):
+        if not path.exists():
+            raise SystemExit(f"{path} not found: give a pipeline run directory whose generation "
+                             "stage has finished")
+    cfg = json.loads(cfg_path.read_text())
+    with np.load(syn_path) as z:
+        synthetic = {k: z[k] for k in z.files}
+    ds = load_dataset(cfg["env"], source=cfg.get("data_source", "auto"),
+                      path=cfg.get("data_path"))
+    rep = check(env_family(cfg["env"]), synthetic, dataset_arrays(ds), args.n, args.seed,
+                env_id=ds.eval_env_id)
+    rep["dataset_source"] = ds.source
+    print(f"[dynamics_check] real data: {ds.source}")
+    print(format_report(rep))
+    out = args.run_dir / "dynamics_check.json"
+    write_json(out, rep)
+    print(f"[dynamics_check] wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
