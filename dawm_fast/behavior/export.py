@@ -4,8 +4,9 @@ the embedded datasets are generated from (``dawm_fast/data/policies/<env>.{npz,j
     python -m dawm_fast.behavior.export --env walker2d --workdir runs/behavior/walker2d
 
 - expert: among the run's best logged snapshots, the one whose lower score of 10 deterministic
-  episodes and 20 episodes with the dataset's action noise (the rollouts the expert dataset is
-  made of) is highest
+  episodes and 50 episodes with the dataset's action noise (the rollouts the expert dataset is
+  made of) is highest, preferring those with no noisy episode collapsed (a fall or flip: under
+  70% of the median)
 - medium: the snapshot whose 10-episode return is closest to `medium_fraction` of the expert's,
   among those logged between a third and a half of it (the D4RL recipe's "about a third")
 - replay: every snapshot before the medium one (float16), from which medium-replay is rebuilt
@@ -68,7 +69,16 @@ def _train_command(env: str, cfg: dict, workdir: Path) -> str:
             f"--seed {cfg['seed']}{target}")
 
 
-def export(env: str, workdir: Path, out_dir: Path = POLICY_DIR, n_expert_candidates: int = 8,
+NOISY_EPISODES = 50       # noisy evaluation of an expert candidate (collapses are rare events)
+COLLAPSE_FRACTION = 0.7   # a noisy episode under this share of the median return collapsed
+
+
+def collapses(returns: np.ndarray) -> int:
+    """Episodes that fell or flipped: far under the policy's median return."""
+    return int((returns < COLLAPSE_FRACTION * np.median(returns)).sum())
+
+
+def export(env: str, workdir: Path, out_dir: Path = POLICY_DIR, n_expert_candidates: int = 16,
            medium_fraction: float = 0.4, medium_range=(1 / 3, 1 / 2), command: str = "",
            medium_workdir: Path | None = None) -> dict:
     fam = env_family(env)
@@ -80,24 +90,28 @@ def export(env: str, workdir: Path, out_dir: Path = POLICY_DIR, n_expert_candida
     load_med = lambda step: dict(np.load(_snapshot(medium_workdir, step)))
 
     # The expert is the candidate whose worse score, with or without the dataset's action noise,
-    # is best: the expert dataset is made of noisy rollouts, and a policy that is excellent
-    # deterministically can fall under noise (seen: walker2d SAC at 520k, 4,078 deterministic,
-    # 2,893 noisy), or the other way round (hopper SAC at 270k: 3,196 noisy, 2,901 ± 408
-    # deterministic, one fall in ten).
+    # is best, among those that never collapse under that noise: the expert dataset is made of
+    # noisy rollouts, and a policy that is excellent deterministically can fall under noise
+    # (seen: walker2d SAC at 520k, 4,078 deterministic, 2,893 noisy), or the other way round
+    # (hopper SAC at 270k: 3,196 noisy, 2,901 ± 408 deterministic, one fall in ten); halfcheetah
+    # SAC snapshots at ~11,000 flipped onto their backs in 1-8 of 50 noisy episodes.
     noise = RECIPE.rollout_noise
     best = sorted(log, key=lambda x: -x[1])[:n_expert_candidates]
     policies = {s: NumpyPolicy(load(s)) for s, _ in best}
-    noisy = {s: evaluate(p, fam.gym_id_v5, episodes=20, noise=noise) for s, p in policies.items()}
+    noisy = {s: evaluate(p, fam.gym_id_v5, episodes=NOISY_EPISODES, noise=noise)
+             for s, p in policies.items()}
     plain = {s: evaluate(p, fam.gym_id_v5) for s, p in policies.items()}
     for s, _ in best:
         print(f"[export] expert candidate {s}: {plain[s].mean():.1f} ± {plain[s].std():.1f} "
               f"deterministic, {noisy[s].mean():.1f} ± {noisy[s].std():.1f} with action noise "
-              f"{noise}")
-    expert_step = max(noisy, key=lambda s: min(noisy[s].mean(), plain[s].mean()))
+              f"{noise}, {collapses(noisy[s])} collapsed")
+    expert_step = max(noisy, key=lambda s: (collapses(noisy[s]) == 0,
+                                            min(noisy[s].mean(), plain[s].mean())))
     expert_ret, expert_noisy = plain[expert_step], noisy[expert_step]
     print(f"[export] expert: step {expert_step}, return {expert_ret.mean():.1f} ± "
           f"{expert_ret.std():.1f} deterministic, {expert_noisy.mean():.1f} ± "
-          f"{expert_noisy.std():.1f} with noise {noise} (10 and 20 episodes)")
+          f"{expert_noisy.std():.1f} with noise {noise} (10 and {NOISY_EPISODES} episodes), "
+          f"{collapses(expert_noisy)} collapsed")
 
     lo, hi = (f * expert_ret.mean() for f in medium_range)
     cands = [s for s, r in med_log if lo <= r <= hi and (s < expert_step or not same_run)]
@@ -140,6 +154,8 @@ def export(env: str, workdir: Path, out_dir: Path = POLICY_DIR, n_expert_candida
         "expert_return_std": float(expert_ret.std()),
         "expert_return_noisy": float(expert_noisy.mean()),
         "expert_return_noisy_std": float(expert_noisy.std()), "rollout_noise": noise,
+        "expert_noisy_episodes": len(expert_noisy),
+        "expert_noisy_collapses": collapses(expert_noisy),
         "medium_step": medium_step, "medium_return": float(medium_ret.mean()),
         "medium_return_std": float(medium_ret.std()),
         "random_return": float(random_ret.mean()),
