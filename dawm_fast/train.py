@@ -50,8 +50,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="what the world model's network predicts: the noise (epsilon, as DWM) or "
                         "the clean window (sample); default per preset")
     p.add_argument("--state-normalizer", default=None, choices=STATE_NORMALIZERS,
-                   help="how the world model scales states: cdf (quantiles onto [-1, 1], as DWM) "
-                        "or gaussian (standardized, no x0 clip); default cdf")
+                   help="how the world model scales states: gaussian (standardized, no x0 "
+                        "clip; the default) or cdf (quantiles onto [-1, 1] with the x0 clip, as "
+                        "DWM)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     p.add_argument("--bf16", action="store_true",
                    help="world-model training and sampling under bf16 autocast (fp32 weights, "

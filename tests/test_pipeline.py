@@ -37,7 +37,9 @@ def test_smoke_run_writes_results(smoke_data, tmp_path, capsys):
     assert res["algo"] == "iql" and "embedded" in res["dataset_source"]
     assert np.isfinite(res["final_score_mean"]) and res["synthetic_transitions"] > 0
     assert 0 < res["one_step_state_mse"] < 4 and 0 < res["copy_state_mse"] < 4
-    assert 0 <= res["synthetic_clipped_fraction"] <= 1
+    # the default scaling: standardized states, no x0 clip, so nothing sits at a clip bound
+    assert Normalizer.load(out / "normalizers" / "states.npz").kind == "gaussian"
+    assert res["synthetic_clipped_fraction"] == 0
     assert "world-model check: one-step state MSE" in log
     # the simulator replay of synthetic transitions (a diagnostic): real data replays exactly
     assert "simulator replay (diagnostic, not used for training)" in log
@@ -86,18 +88,22 @@ def test_interrupted_run_resumes_to_the_same_agent(smoke_data, tmp_path, monkeyp
     assert ra["final_return_mean"] == rb["final_return_mean"]
 
 
-def test_gaussian_state_normalizer_runs_without_the_x0_clip(smoke_data, tmp_path):
-    out = tmp_path / "gauss"
-    assert run(out, "--state-normalizer", "gaussian", "--until", "generation") == 0
+def test_cdf_state_normalizer_runs_with_the_x0_clip(smoke_data, tmp_path):
+    """DWM's scaling on request: CDF states, x0 clipped to their [-1, 1] range (the default is
+    standardized states without a clip: test_smoke_run_writes_results)."""
+    out = tmp_path / "cdf"
+    assert run(out, "--state-normalizer", "cdf", "--until", "generation") == 0
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["state_normalizer"] == "gaussian"
-    assert cfg["world_model"]["schedule"]["clip_sample"] is False
-    assert Normalizer.load(out / "normalizers" / "states.npz").kind == "gaussian"
+    assert cfg["state_normalizer"] == "cdf" and cfg["world_model"]["schedule"]["clip_sample"]
+    norm = Normalizer.load(out / "normalizers" / "states.npz")
+    assert norm.kind == "cdf"
     with np.load(out / "synthetic.npz") as z:
-        assert len(z["rewards"]) > 0 and np.isfinite(z["next_observations"]).all()
-    gen = {r.split(",")[3]: float(r.split(",")[4]) for r in
-           (out / "metrics.csv").read_text().splitlines() if r.startswith("generation,")}
-    assert gen["clipped_fraction"] == 0.0 and gen["dropped_clipped_terminals"] == 0
+        assert len(z["rewards"]) > 0
+        # clipped to [-1, 1], every generated value lies inside the data's range
+        lo, hi = norm.knots[:, 0], norm.knots[:, -1]
+        span = hi - lo
+        assert (z["next_observations"] >= lo - 1e-4 * span).all()
+        assert (z["next_observations"] <= hi + 1e-4 * span).all()
     with pytest.raises(ValueError, match="unknown state normalizer 'minmax'"):
         from dawm_fast.config import preset_config, with_state_normalizer
         with_state_normalizer(preset_config("smoke", "walker2d-medium", "td3bc"), "minmax")
