@@ -35,6 +35,7 @@ def test_sampling_throughput(benchmark, world_model, compiled_model, impl, batch
     benchmark.pedantic(sample, rounds=5 if DEVICE.type == "cuda" else 3, iterations=1,
                        warmup_rounds=2 if impl == "compile" else 1)
     per_call = batch * (world_model.horizon - 1)
+    # no stats under --benchmark-disable (each benchmark runs once, as a test)
+    rate = per_call / benchmark.stats.stats.mean if benchmark.stats is not None else None
     record(benchmark, impl=impl, batch=batch, transitions_per_call=per_call,
-           transitions_per_s=per_call / benchmark.stats.stats.mean,
-           sampling_steps=cfg.n_sampling_steps)
+           transitions_per_s=rate, sampling_steps=cfg.n_sampling_steps)
