@@ -9,6 +9,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
+from dawm_fast.data.normalizers import CDFNormalizer, GaussianNormalizer
 from dawm_fast.data.tasks import parse_task
 from dawm_fast.rl.iql import IQLConfig, iql_config_for
 from dawm_fast.rl.td3bc import TD3BCConfig
@@ -44,7 +45,8 @@ def pipeline_world_model(**fields) -> WorldModelConfig:
     return WorldModelConfig(schedule=PIPELINE_SCHEDULE, **fields)
 
 
-STATE_NORMALIZERS = ("cdf", "gaussian")
+# state_normalizer name -> class (fit on the dataset's states)
+STATE_NORMALIZERS = {"cdf": CDFNormalizer, "gaussian": GaussianNormalizer}
 
 
 def with_state_normalizer(cfg: "PipelineConfig", name: str) -> "PipelineConfig":
@@ -182,4 +184,6 @@ def config_from_dict(d: dict) -> PipelineConfig:
                 v = tuple(v)
             kwargs[f.name] = v
         return cls(**kwargs)
-    return build(PipelineConfig, d)
+    # Runs saved before state_normalizer existed scaled their states with the CDF; resuming one
+    # must not silently switch it (its normalizer file says "cdf" too).
+    return build(PipelineConfig, {"state_normalizer": "cdf", **d})

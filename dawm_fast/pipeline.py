@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dawm_fast.config import PipelineConfig
-from dawm_fast.data import (CDFNormalizer, GaussianNormalizer, MinMaxNormalizer, Normalizer,
-                            OfflineDataset, load_dataset, make_windows, normalized_score)
+from dawm_fast.config import STATE_NORMALIZERS, PipelineConfig
+from dawm_fast.data import (MinMaxNormalizer, Normalizer, OfflineDataset, load_dataset,
+                            make_windows, normalized_score)
 from dawm_fast.data.dataset import subset_episodes
 from dawm_fast.data.tasks import parse_task
 from dawm_fast.evaluation import dynamics_check, evaluate_policy
@@ -115,8 +115,10 @@ class Pipeline:
             self.state_norm, self.reward_norm = (Normalizer.load(p) for p in paths)
         else:
             states = np.concatenate([ds.observations, ds.next_observations])
-            self.state_norm = (GaussianNormalizer(states) if cfg.state_normalizer == "gaussian"
-                               else CDFNormalizer(states))
+            if cfg.state_normalizer not in STATE_NORMALIZERS:
+                raise RunError(f"unknown state_normalizer {cfg.state_normalizer!r}; valid: "
+                               f"{', '.join(STATE_NORMALIZERS)}")
+            self.state_norm = STATE_NORMALIZERS[cfg.state_normalizer](states)
             self.reward_norm = MinMaxNormalizer(ds.rewards[:, None])
             for norm, p in zip((self.state_norm, self.reward_norm), paths):
                 norm.save(p)

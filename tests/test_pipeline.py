@@ -109,6 +109,19 @@ def test_cdf_state_normalizer_runs_with_the_x0_clip(smoke_data, tmp_path):
         with_state_normalizer(preset_config("smoke", "walker2d-medium", "td3bc"), "minmax")
 
 
+def test_runs_saved_before_the_state_normalizer_option_resume_as_cdf(smoke_data, tmp_path):
+    """A run directory from before `state_normalizer` existed (CDF states, x0 clip) resumes
+    with `--state-normalizer cdf`, not as a different run."""
+    from dawm_fast.config import config_from_dict
+    out = tmp_path / "old"
+    assert run(out, "--state-normalizer", "cdf", "--until", "data") == 0
+    saved = json.loads((out / "config.json").read_text())
+    del saved["state_normalizer"]
+    (out / "config.json").write_text(json.dumps(saved))
+    assert config_from_dict(saved).state_normalizer == "cdf"
+    assert run(out, "--state-normalizer", "cdf", "--until", "idm") == 0
+
+
 def test_plain_baseline_skips_the_world_model(smoke_data, tmp_path):
     out = tmp_path / "plain"
     assert run(out, "--synthetic-ratio", "0") == 0
