@@ -64,6 +64,31 @@ def test_minari_dataset_written_with_minaris_api_loads(minari_store, rng):
         load_dataset("walker2d-medium-replay", source="minari")
 
 
+def test_a_dataset_written_meanwhile_by_another_process_is_kept(minari_store, rng, monkeypatch):
+    """Two runs generating the same embedded dataset at once: the one that finishes second keeps
+    the first one's dataset instead of failing on the move into place."""
+    import contextlib
+
+    from dawm_fast.data import minari_store as ms
+    dataset_id = "dawm_fast/walker2d/medium-v0"
+    final = ms.dataset_dir(dataset_id)
+    real_store_at = ms._minari_store_at
+
+    @contextlib.contextmanager
+    def store_then_rival_finishes(path):
+        with real_store_at(path):
+            yield
+        final.mkdir(parents=True)                    # the other process's finished dataset
+        (final / "metadata.json").write_text("{}")
+        (final / "theirs").write_text("x")
+
+    monkeypatch.setattr(ms, "_minari_store_at", store_then_rival_finishes)
+    ms.write_minari(dataset_id, random_episodes(rng, 3, 17, 6), "Walker2d-v5", ref_min_score=0.0,
+                    ref_max_score=1.0, description="test", algorithm_name="test")
+    assert (final / "theirs").exists()
+    assert not list(ms.store_root().glob(".dawm_tmp_*"))      # our copy is cleaned up
+
+
 def test_minari_missing_dataset_says_what_to_do(minari_store):
     with pytest.raises(DatasetError, match="minari download mujoco/hopper/medium-v0"):
         load_dataset("hopper-medium", source="minari")

@@ -96,7 +96,13 @@ def write_minari(dataset_id: str, episodes: list[dict], env_id: str, *, ref_min_
                 code_permalink="dawm_fast/data/embedded.py", description=description,
                 ref_min_score=ref_min_score, ref_max_score=ref_max_score, data_format="hdf5")
         final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp_root / dataset_id, final)
+        try:
+            os.replace(tmp_root / dataset_id, final)
+        except OSError:
+            # Another process (a second run started at the same time) finished the same dataset
+            # first: same policies and seeds, so the same data. Keep theirs.
+            if not (final / "metadata.json").exists():
+                raise
         # Namespace metadata files Minari wrote (e.g. dawm_fast/namespace_metadata.json)
         for meta in tmp_root.rglob("namespace_metadata.json"):
             dest = root / meta.relative_to(tmp_root)
