@@ -61,12 +61,11 @@ def pins_down_state(family: EnvFamily, observations: np.ndarray) -> np.ndarray:
 def window_positions(observations: np.ndarray, next_observations: np.ndarray) -> np.ndarray:
     """Place of each transition in its window: generation writes a window's steps in order, so a
     step continues a window exactly when its s equals the previous step's s'."""
-    cont = np.zeros(len(observations), bool)
-    cont[1:] = (observations[1:] == next_observations[:-1]).all(axis=1)
-    pos = np.zeros(len(observations), np.int64)
-    for i in np.flatnonzero(cont):
-        pos[i] = pos[i - 1] + 1
-    return pos
+    n = len(observations)
+    starts = np.ones(n, bool)
+    starts[1:] = ~(observations[1:] == next_observations[:-1]).all(axis=1)
+    rows = np.arange(n)
+    return rows - np.maximum.accumulate(np.where(starts, rows, 0))   # rows since the window start
 
 
 def transition_errors(family: EnvFamily, batch: dict, state_std: np.ndarray,
@@ -95,20 +94,22 @@ def check(family: EnvFamily, synthetic: dict, real: dict, n: int, seed: int,
     state_std = real["observations"].std(axis=0) + 1e-6
     pos = window_positions(synthetic["observations"], synthetic["next_observations"])
 
-    def draw(data):
-        ok = np.flatnonzero(pins_down_state(family, data["observations"]))
+    pinned = {k: pins_down_state(family, d["observations"])
+              for k, d in (("synthetic", synthetic), ("real", real))}
+
+    def draw(data, ok):
+        ok = np.flatnonzero(ok)
         idx = np.sort(rng.choice(ok, min(n, len(ok)), replace=False))
         return idx, {k: np.asarray(data[k][idx], np.float64) for k in
                      ("observations", "actions", "rewards", "next_observations", "terminals")}
 
-    s_idx, s_batch = draw(synthetic)
-    r_idx, r_batch = draw(real)
+    s_idx, s_batch = draw(synthetic, pinned["synthetic"])
+    r_idx, r_batch = draw(real, pinned["real"])
     s_err = transition_errors(family, s_batch, state_std, env_id)
     r_err = transition_errors(family, r_batch, state_std, env_id)
     still = (((r_batch["next_observations"] - r_batch["observations"]) / state_std) ** 2).mean()
     by_pos = {int(p): _summary(s_err, pos[s_idx] == p) for p in np.unique(pos[s_idx])}
-    left_out = {k: float(1 - pins_down_state(family, d["observations"]).mean())
-                for k, d in (("synthetic", synthetic), ("real", real))}
+    left_out = {k: float(1 - ok.mean()) for k, ok in pinned.items()}
     return {"env": env_id or family.gym_id_v5, "seed": seed, "left_out_velocity_clip": left_out,
             "synthetic": _summary(s_err), "synthetic_by_window_step": by_pos,
             "real_floor": _summary(r_err), "still_error": float(still),
