@@ -4,12 +4,13 @@
 # the others' results; logs and the benchmark JSON go to $OUT (default ./gpu_out).
 #
 #   bash benchmarks/gpu_session.sh [wheels] [install] [tests=<pytest args>] [bench=<pytest args>]
-#                                  [behaviour=<env> <vector_td3 args>]
+#                                  [behaviour=<env> <vector_td3 args>] [py=<script args>]
 #
 # wheels: install the wheels carried in .whl/ (gymnasium, mujoco: not in the GPU image) into
 #   /tmp/site. behaviour: train behaviour policies with dawm_fast.behavior.vector_td3 (vectorized
 #   envs, graphed TD3 updates) and pack the workdir, without its buffer, as $OUT/<env>_vec.tgz;
-#   unpack it under behavior_runs/ and run dawm_fast.behavior.export on it.
+#   unpack it under behavior_runs/ and run dawm_fast.behavior.export on it. py: run a Python script
+#   (e.g. benchmarks/profile_step.py), its log in $OUT.
 #
 # e.g. bash benchmarks/gpu_session.sh install@120 "tests=tests/test_ops.py" \
 #        "bench@90=benchmarks/test_sampling.py"      (stage@seconds sets that stage's limit)
@@ -54,10 +55,14 @@ for arg in "$@"; do
       rc=$?; tail -5 "$OUT/install.log"
       $PY -c "import dawm_fast.ops as o; e = o.load_extension(); print('extension:', e.__name__, 'cuda:', e.with_cuda())"
       ;;
+    py)
+      eval timeout "$limit" $PY $rest > "$OUT/py$n.log" 2>&1
+      rc=$?; tail -45 "$OUT/py$n.log"
+      ;;
     tests)
-      eval timeout "$limit" $PY -m pytest -q -p no:cacheprovider -rs $rest \
+      eval timeout "$limit" $PY -m pytest -v -p no:cacheprovider -rs $rest \
         > "$OUT/tests$n.log" 2>&1
-      rc=$?; tail -25 "$OUT/tests$n.log"
+      rc=$?; grep -E "FAILED|ERROR|[0-9]+ (passed|failed)" "$OUT/tests$n.log" | tail -15
       ;;
     bench)
       eval timeout "$limit" $PY -m pytest -q -p no:cacheprovider --benchmark-only \

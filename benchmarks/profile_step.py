@@ -1,0 +1,198 @@
+"""Where the fast world-model step and the fast sampler spend their GPU time.
+
+    python benchmarks/profile_step.py [--out DIR]
+
+1. Step time (CUDA events, median of 30 graph replays) of ``FastWorldModelTrainer`` on the
+   benchmark model, for variants that each test one idea: the default, bf16 autocast, cuDNN
+   autotuning (``cudnn.benchmark``), no banded GEMMs (every conv through cuDNN), batch 64.
+2. A kernel table of the default step at batch 256 (torch.profiler over graph replays): kernels
+   per step, GPU time per step by kernel and by kind (GEMM, conv, Triton, optimizer, ...), and the
+   kernel time over the step's wall time (near 1: the GPU is never idle, so fewer or faster
+   kernels are the way on; far under 1: gaps between kernels).
+3. The same table for one fast sampling call at batch 4096.
+
+Prints tables; writes ``profile_step.json`` to --out. On a CPU it runs the same code on the
+benchmark's CPU model (a check that the script works, not a measurement).
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+from conftest import ACT_DIM, DEVICE, GPU, OBS_DIM, device_name, unet_config  # noqa: E402
+from dawm_fast.config import pipeline_world_model  # noqa: E402
+from dawm_fast.sampling import SamplingConfig, sample_windows  # noqa: E402
+from dawm_fast.world_model import DiffusionWorldModel, fused_unet  # noqa: E402
+from dawm_fast.world_model.fast_training import FastWorldModelTrainer  # noqa: E402
+from dawm_fast.world_model.training import WindowBatcher, WorldModelTrainerConfig  # noqa: E402
+
+KINDS = (("optimizer", ("multi_tensor", "adam", "foreach")),
+         ("triton", ("triton", "groupnorm_mish")),
+         ("conv", ("conv", "cudnn", "implicit", "wgrad", "dgrad", "fprop")),
+         ("gemm", ("gemm", "nvjet", "cutlass", "xmma", "cublas", "sm90", "ampere")),
+         ("reduction", ("reduce",)),
+         ("copy", ("memcpy", "memset", "copy", "cat", "index", "gather", "scatter")),
+         ("elementwise", ("elementwise", "vectorized", "unrolled")))
+
+
+def kind_of(name: str) -> str:
+    low = name.lower()
+    for kind, keys in KINDS:
+        if any(k in low for k in keys):
+            return kind
+    return "other"
+
+
+def timed(fn, n: int) -> float:
+    """Median milliseconds of fn over n calls (events on a GPU, host clock on a CPU)."""
+    times = []
+    for _ in range(n):
+        if GPU:
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            b.synchronize()
+            times.append(a.elapsed_time(b))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return sorted(times)[len(times) // 2]
+
+
+def kernel_table(fn, steps: int, wall_ms: float, top: int = 25) -> dict:
+    """Profile `steps` calls of fn; aggregate device kernels by name, per call."""
+    acts = [torch.profiler.ProfilerActivity.CPU]
+    if GPU:
+        acts.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=acts) as prof:
+        for _ in range(steps):
+            fn()
+        if GPU:
+            torch.cuda.synchronize()
+    per_name = collections.defaultdict(lambda: [0, 0.0])
+    want = torch.autograd.DeviceType.CUDA if GPU else torch.autograd.DeviceType.CPU
+    for e in prof.events():
+        if e.device_type != want or (not GPU and e.cpu_parent is not None):
+            continue
+        us = e.time_range.elapsed_us() if GPU else e.cpu_time
+        per_name[e.name][0] += 1
+        per_name[e.name][1] += us / 1e3
+    rows = sorted(((n, c / steps, ms / steps) for n, (c, ms) in per_name.items()),
+                  key=lambda r: -r[2])
+    by_kind = collections.defaultdict(lambda: [0.0, 0.0])
+    for n, c, ms in rows:
+        by_kind[kind_of(n)][0] += c
+        by_kind[kind_of(n)][1] += ms
+    total_ms = sum(r[2] for r in rows)
+    return {"kernels_per_call": sum(r[1] for r in rows), "kernel_ms_per_call": total_ms,
+            "wall_ms": wall_ms, "busy_fraction": total_ms / wall_ms if wall_ms else None,
+            "by_kind": {k: {"kernels": c, "ms": ms} for k, (c, ms) in
+                        sorted(by_kind.items(), key=lambda kv: -kv[1][1])},
+            "top": [{"name": n[:120], "count": c, "ms": ms} for n, c, ms in rows[:top]]}
+
+
+def print_table(title: str, table: dict) -> None:
+    print(f"\n== {title}: {table['kernels_per_call']:.0f} kernels, "
+          f"{table['kernel_ms_per_call']:.3f} ms of kernels per call, wall {table['wall_ms']:.3f} ms"
+          f" (busy {table['busy_fraction']:.2f})")
+    for k, v in table["by_kind"].items():
+        print(f"   {k:12s} {v['kernels']:7.0f} kernels {v['ms']:8.3f} ms")
+    for r in table["top"]:
+        print(f"   {r['ms']:8.3f} ms {r['count']:6.1f}x  {r['name']}")
+
+
+def world_model_step(batch: int, bf16: bool = False):
+    torch.manual_seed(0)
+    model = DiffusionWorldModel(OBS_DIM, ACT_DIM,
+                                pipeline_world_model(unet=unet_config())).to(DEVICE)
+    trainer = FastWorldModelTrainer(model, WorldModelTrainerConfig(bf16=bf16))
+    n = 4096
+    gen = torch.Generator(device=DEVICE).manual_seed(0)
+    g = torch.Generator(device=DEVICE).manual_seed(1)
+    batcher = WindowBatcher(
+        torch.rand(n, model.horizon, model.transition_dim, device=DEVICE, generator=g) * 2 - 1,
+        torch.rand(n, device=DEVICE, generator=g),
+        torch.rand(n, ACT_DIM, device=DEVICE, generator=g) * 2 - 1, batch, gen)
+    step = lambda: trainer.train_step(batcher)
+    for _ in range(3):
+        step()
+    return step
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default=os.environ.get("OUT", "."))
+    p.add_argument("--reps", type=int, default=30 if GPU else 3)
+    args = p.parse_args()
+    if GPU:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    big = 256 if GPU else 64
+    result = {"device": device_name(), "torch": torch.__version__, "step_ms": {}}
+    print("device:", result["device"])
+
+    original_banded = fused_unet.banded_max_horizon
+    variants = {f"fast b{big}": dict(batch=big), f"fast-bf16 b{big}": dict(batch=big, bf16=True),
+                f"fast b{big} cudnn.benchmark": dict(batch=big, cudnn=True),
+                f"fast b{big} no banded GEMM": dict(batch=big, banded=False),
+                "fast b64": dict(batch=64)}
+    for name, v in variants.items():
+        torch.backends.cudnn.benchmark = v.get("cudnn", False)
+        fused_unet.banded_max_horizon = (original_banded if v.get("banded", True)
+                                         else (lambda *a, **k: 0))
+        t0 = time.perf_counter()
+        try:
+            step = world_model_step(v["batch"], v.get("bf16", False))
+            ms = timed(step, args.reps)
+        except Exception as e:                  # one variant failing must not lose the others
+            print(f"{name}: failed: {type(e).__name__}: {e}")
+            continue
+        finally:
+            fused_unet.banded_max_horizon = original_banded
+            torch.backends.cudnn.benchmark = False
+        result["step_ms"][name] = ms
+        print(f"{name:34s} {ms:8.3f} ms/step   (set-up + timing {time.perf_counter() - t0:.0f} s)")
+        if name == f"fast b{big}":
+            result["world_model_step"] = kernel_table(step, 5, ms)
+            print_table(f"world-model step, batch {big}", result["world_model_step"])
+        del step
+        if GPU:
+            torch.cuda.empty_cache()
+
+    torch.manual_seed(0)
+    model = DiffusionWorldModel(OBS_DIM, ACT_DIM,
+                                pipeline_world_model(unet=unet_config())).to(DEVICE).eval()
+    b = 4096 if GPU else 64
+    g = torch.Generator(device=DEVICE)
+    s0 = torch.rand(b, OBS_DIM, device=DEVICE) * 2 - 1
+    a0 = torch.rand(b, ACT_DIM, device=DEVICE) * 2 - 1
+    ret = torch.full((b,), 0.9, device=DEVICE)
+    cfg = SamplingConfig(batch_size=b)
+
+    def sample():
+        g.manual_seed(0)
+        return sample_windows(model, s0, a0, ret, cfg, g, backend="fast")
+
+    sample()
+    ms = timed(sample, 5)
+    result["sampling_ms"] = ms
+    result["sampling_transitions_per_s"] = b * (model.horizon - 1) / ms * 1e3
+    result["sampling"] = kernel_table(sample, 2, ms)
+    print(f"\nfast sampling, batch {b}: {ms:.2f} ms per call, "
+          f"{result['sampling_transitions_per_s']:,.0f} transitions/s")
+    print_table(f"fast sampling, batch {b}", result["sampling"])
+
+    with open(os.path.join(args.out, "profile_step.json"), "w") as f:
+        json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
