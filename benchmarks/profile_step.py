@@ -1,23 +1,27 @@
 """Where the fast world-model step and the fast sampler spend their GPU time.
 
-    python benchmarks/profile_step.py [--out DIR]
+    python benchmarks/profile_step.py [--out DIR] [--no-tables]
 
 1. Step time (CUDA events, median of 30 graph replays) of ``FastWorldModelTrainer`` on the
-   benchmark model, for variants that each test one idea: the default, bf16 autocast, cuDNN
-   autotuning (``cudnn.benchmark``), no banded GEMMs (every conv through cuDNN), batch 64.
-2. A kernel table of the default step at batch 256 (torch.profiler over graph replays): kernels
-   per step, GPU time per step by kernel and by kind (GEMM, conv, Triton, optimizer, ...), and the
-   kernel time over the step's wall time (near 1: the GPU is never idle, so fewer or faster
-   kernels are the way on; far under 1: gaps between kernels).
-3. The same table for one fast sampling call at batch 4096.
+   benchmark model at batch 256 and 64, and at 256 with an earlier form of one part
+   (``TRAINING_VARIANTS``), side by side.
+2. A kernel table of the step at batch 256 (torch.profiler over graph replays): kernels per step,
+   GPU time per step by kernel and by kind (GEMM, conv, Triton, optimizer, ...), and kernel time
+   over wall time (near 1: the GPU is never idle, so fewer or faster kernels are the way on; far
+   under 1: gaps between kernels).
+3. Fast sampling throughput at batch 4096 and 256 for the current forms and alternatives
+   (``SAMPLING_VARIANTS``: which horizons run as banded GEMMs, the inference cache), and the
+   kernel table at 4096.
 
 Prints tables; writes ``profile_step.json`` to --out. On a CPU it runs the same code on the
-benchmark's CPU model (a check that the script works, not a measurement).
+benchmark's CPU model (a check that the script works, not a measurement). Measured with it:
+benchmarks/RESULTS.md.
 """
 from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import os
 import sys
@@ -128,49 +132,54 @@ def world_model_step(batch: int, bf16: bool = False):
     return step
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", default=os.environ.get("OUT", "."))
-    p.add_argument("--reps", type=int, default=30 if GPU else 3)
-    args = p.parse_args()
-    if GPU:
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    big = 256 if GPU else 64
-    result = {"device": device_name(), "torch": torch.__version__, "step_ms": {}}
-    print("device:", result["device"])
+def _slice_banded_weight(weight, padding, t):
+    """The banded matrix as built up to session 5 (slices of the padded kernel, stacked): ~3t
+    small kernels per conv in the backward. Kept here to measure its replacement against."""
+    cout, cin, _ = weight.shape
+    wp = torch.nn.functional.pad(weight, (t, t))
+    rows = [wp[:, :, t + padding - s: 2 * t + padding - s] for s in range(t)]
+    return torch.stack(rows, dim=1).reshape(cout * t, cin * t)
 
-    original_banded = fused_unet.banded_max_horizon
-    variants = {f"fast b{big}": dict(batch=big), f"fast-bf16 b{big}": dict(batch=big, bf16=True),
-                f"fast b{big} cudnn.benchmark": dict(batch=big, cudnn=True),
-                f"fast b{big} no banded GEMM": dict(batch=big, banded=False),
-                "fast b64": dict(batch=64)}
-    for name, v in variants.items():
-        torch.backends.cudnn.benchmark = v.get("cudnn", False)
-        fused_unet.banded_max_horizon = (original_banded if v.get("banded", True)
-                                         else (lambda *a, **k: 0))
-        t0 = time.perf_counter()
-        try:
-            step = world_model_step(v["batch"], v.get("bf16", False))
-            ms = timed(step, args.reps)
-        except Exception as e:                  # one variant failing must not lose the others
-            print(f"{name}: failed: {type(e).__name__}: {e}")
-            continue
-        finally:
-            fused_unet.banded_max_horizon = original_banded
-            torch.backends.cudnn.benchmark = False
-        result["step_ms"][name] = ms
-        print(f"{name:34s} {ms:8.3f} ms/step   (set-up + timing {time.perf_counter() - t0:.0f} s)")
-        if name == f"fast b{big}":
-            result["world_model_step"] = kernel_table(step, 5, ms)
-            print_table(f"world-model step, batch {big}", result["world_model_step"])
-        del step
-        if GPU:
-            torch.cuda.empty_cache()
 
+def _banded_through(max_t):
+    original = fused_unet.banded_max_horizon
+
+    def horizon(device, kernel_size, training):
+        return original(device, kernel_size, training) if training else max_t
+    return horizon
+
+
+# name -> {module attribute of fused_unet: replacement}; each variant builds a fresh model, so no
+# CUDA graph of another variant is reused.
+TRAINING_VARIANTS = {
+    "fast": {},
+    "fast, banded matrix built by slices": {"banded_weight": _slice_banded_weight},
+    "fast b64": {},
+}
+SAMPLING_VARIANTS = {
+    "fast": {},
+    "fast, banded matrix not cached": {"_banded_matrix": lambda w, p, t: fused_unet.banded_weight(w, p, t)},
+    "fast, banded up to T=8": {"banded_max_horizon": _banded_through(8)},
+    "fast, banded up to T=2": {"banded_max_horizon": _banded_through(2)},
+}
+
+
+@contextlib.contextmanager
+def patched(attrs: dict):
+    saved = {k: getattr(fused_unet, k) for k in attrs}
+    for k, v in attrs.items():
+        setattr(fused_unet, k, v)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            setattr(fused_unet, k, v)
+
+
+def sampling_call(b: int):
     torch.manual_seed(0)
     model = DiffusionWorldModel(OBS_DIM, ACT_DIM,
                                 pipeline_world_model(unet=unet_config())).to(DEVICE).eval()
-    b = 4096 if GPU else 64
     g = torch.Generator(device=DEVICE)
     s0 = torch.rand(b, OBS_DIM, device=DEVICE) * 2 - 1
     a0 = torch.rand(b, ACT_DIM, device=DEVICE) * 2 - 1
@@ -182,13 +191,52 @@ def main() -> None:
         return sample_windows(model, s0, a0, ret, cfg, g, backend="fast")
 
     sample()
-    ms = timed(sample, 5)
-    result["sampling_ms"] = ms
-    result["sampling_transitions_per_s"] = b * (model.horizon - 1) / ms * 1e3
-    result["sampling"] = kernel_table(sample, 2, ms)
-    print(f"\nfast sampling, batch {b}: {ms:.2f} ms per call, "
-          f"{result['sampling_transitions_per_s']:,.0f} transitions/s")
-    print_table(f"fast sampling, batch {b}", result["sampling"])
+    return sample, b * (model.horizon - 1)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default=os.environ.get("OUT", "."))
+    p.add_argument("--reps", type=int, default=30 if GPU else 3)
+    p.add_argument("--no-tables", dest="tables", action="store_false",
+                   help="step times only, no kernel tables")
+    args = p.parse_args()
+    if GPU:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    big = 256 if GPU else 64
+    result = {"device": device_name(), "torch": torch.__version__, "step_ms": {}}
+    print("device:", result["device"])
+
+    for name, patch in TRAINING_VARIANTS.items():
+        batch = 64 if name.endswith("b64") else big
+        t0 = time.perf_counter()
+        with patched(patch):
+            step = world_model_step(batch)
+            ms = timed(step, args.reps)
+            result["step_ms"][name] = ms
+            print(f"{name:40s} {ms:8.3f} ms/step   (set-up + timing {time.perf_counter() - t0:.0f} s)")
+            if name == "fast" and args.tables:
+                result["world_model_step"] = kernel_table(step, 5, ms)
+                print_table(f"world-model step, batch {big}", result["world_model_step"])
+        del step
+        if GPU:
+            torch.cuda.empty_cache()
+
+    result["sampling_transitions_per_s"] = {}
+    for b in (4096, 256) if GPU else (64,):
+        for name, patch in SAMPLING_VARIANTS.items():
+            with patched(patch):
+                sample, per_call = sampling_call(b)
+                ms = timed(sample, 5)
+                rate = per_call / ms * 1e3
+                result["sampling_transitions_per_s"][f"{name} b{b}"] = rate
+                print(f"sampling {name:31s} b{b:<5d} {ms:8.2f} ms/call {rate:12,.0f} transitions/s")
+                if name == "fast" and b == (4096 if GPU else 64) and args.tables:
+                    result["sampling"] = kernel_table(sample, 2, ms)
+                    print_table(f"fast sampling, batch {b}", result["sampling"])
+            del sample
+            if GPU:
+                torch.cuda.empty_cache()
 
     with open(os.path.join(args.out, "profile_step.json"), "w") as f:
         json.dump(result, f, indent=1)

@@ -1,6 +1,6 @@
 """The banded-GEMM form of the U-Net's short-horizon convolutions (fused_unet._conv1d): the same
-function as F.conv1d, forward and backward, on fresh random inputs; the CPU inference cache
-follows in-place weight updates."""
+function as F.conv1d, forward and backward, on fresh random inputs; the inference cache
+follows in-place weight updates, in place."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dawm_fast.world_model.fused_unet import _conv1d, _conv1d_banded, banded_weight
+from dawm_fast.world_model.fused_unet import (_BANDED_CACHE, _conv1d, _conv1d_banded, banded_weight,
+                                              refresh_banded_cache)
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -69,4 +70,22 @@ def test_cpu_inference_cache_follows_weight_updates(seed):
         torch.testing.assert_close(second, F.conv1d(x, conv.weight, None, 1, 2))
         conv.load_state_dict({"weight": torch.randn(32, 16, 5, generator=g),
                               "bias": conv.bias.clone()})
+        torch.testing.assert_close(_conv1d(x, conv), F.conv1d(x, conv.weight, None, 1, 2))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_refresh_rebuilds_cached_matrices_in_place(seed, device):
+    """refresh_banded_cache() (run before every graph replay) rebuilds a stale matrix into the
+    SAME memory, which is what a CUDA graph captured on it reads."""
+    g = torch.Generator().manual_seed(seed)
+    conv = torch.nn.Conv1d(8, 12, 5, padding=2).to(device)
+    x = torch.randn(3, 8, 4, generator=g).to(device)
+    with torch.no_grad():
+        _conv1d(x, conv)
+        cached = _BANDED_CACHE[conv.weight][1]
+        address = cached.data_ptr()
+        conv.weight.copy_(torch.randn(12, 8, 5, generator=g))
+        refresh_banded_cache()
+        assert cached.data_ptr() == address and _BANDED_CACHE[conv.weight][1] is cached
+        torch.testing.assert_close(cached, banded_weight(conv.weight, 2, 4), rtol=0, atol=0)
         torch.testing.assert_close(_conv1d(x, conv), F.conv1d(x, conv.weight, None, 1, 2))

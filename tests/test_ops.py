@@ -332,6 +332,30 @@ def test_graph_replay_matches_eager_and_reference(ops, cuda_model, eta):
     torch.testing.assert_close(_cuda_run(cuda_model, 5, 7, cfg), eager, **LOOP_TOL)
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])
+def test_fast_sampling_follows_in_place_weight_updates(ops, model, device):
+    """The fast backend reads cached banded matrices (on CUDA from inside a captured graph). An
+    in-place weight update between two calls (an EMA update, load_state_dict) must reach the next
+    call: its samples are the reference's with the new weights, not the old samples."""
+    m = copy.deepcopy(model).to(device)
+    cfg = SamplingConfig(n_sampling_steps=3, guidance_weight=1.2)
+    s0, a0, g = inputs(5, seed=3, device=device)
+
+    def run(backend):
+        return sample_windows(m, s0, a0, g, cfg, torch.Generator(device).manual_seed(3),
+                              backend=backend)
+
+    before = run("fast")
+    run("fast")                                          # on CUDA: a replay of the captured graph
+    gen = torch.Generator().manual_seed(int(torch.randint(1 << 30, ())))
+    with torch.no_grad():
+        for p in m.unet.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=gen).to(device))
+    after = run("fast")
+    torch.testing.assert_close(after, run("reference"), rtol=1e-4, atol=1e-4)
+    assert (after - before).abs().max() > 1e-2
+
+
 @needs_cuda
 def test_graph_recaptures_on_new_signature(ops, cuda_model):
     cfg = SamplingConfig(n_sampling_steps=3)

@@ -28,6 +28,7 @@ import torch
 from dawm_fast.ops import load_extension
 from dawm_fast.sampling.generate import SamplingConfig
 from dawm_fast.world_model.diffusion import DiffusionWorldModel
+from dawm_fast.world_model.fused_unet import refresh_banded_cache
 from dawm_fast.world_model.scheduler import DDIMScheduler, StepCoefficients
 
 DEFAULT_MAX_GRAPHS = 4
@@ -127,6 +128,9 @@ def sample_cpp(model: DiffusionWorldModel, s0: torch.Tensor, a0: torch.Tensor,
     if cfg.eta > 0:
         step_noise = torch.stack([torch.randn(shape, generator=generator, device=dev, dtype=dt)
                                   for _ in timesteps])                              # [N, B, T, C]
+    # Graphs captured on cached banded matrices must see weights changed since (an EMA update,
+    # load_state_dict): rebuild stale ones in place before the replay.
+    refresh_banded_cache()
     with torch.no_grad():
         return sampler.sample(forward, s0, a0, returns, noise, step_noise, timesteps,
                               [_coef_tuple(c) for c in coefs], coefs[0].clip,

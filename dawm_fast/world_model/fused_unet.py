@@ -57,32 +57,118 @@ def _cpu_epilogue(conv_out: torch.Tensor, bias: torch.Tensor, gamma: torch.Tenso
                                     emb_add=emb_add, residual=residual)
 
 
+_TAP_INDEX: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _tap_index(kernel_size: int, padding: int, t: int,
+               device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """For a "same" conv over t steps: which kernel tap each (output step s, input step u) pair
+    uses, flattened over (s, u) [t*t] and clamped into the kernel, and a 0/1 mask [t, t] that is 0
+    where the tap falls outside it. Made once per shape and device (outside any graph capture:
+    the first call of a shape is an eager warm-up)."""
+    key = (kernel_size, padding, t, device)
+    if key not in _TAP_INDEX:
+        s = torch.arange(t).view(t, 1)
+        u = torch.arange(t).view(1, t)
+        tap = u - s + padding                                               # [t, t]
+        valid = (tap >= 0) & (tap < kernel_size)
+        _TAP_INDEX[key] = (tap.clamp(0, kernel_size - 1).reshape(-1).to(device),
+                           valid.float().to(device))
+    return _TAP_INDEX[key]
+
+
+class _BandedWeight(torch.autograd.Function):
+    """weight [out_ch, in_ch, k] -> banded matrix [out_ch*t, in_ch*t] in two kernels (a gather
+    of taps, a masked write into (o, s, c, u) order) and its gradient in three (masked transpose,
+    gather of each tap's diagonal, sum). The slice-and-stack build it replaces cost ~3t small
+    kernels per conv in the backward (a zero fill, a copy and an add per slice), hundreds per
+    world-model training step. Deterministic: every sum runs in a fixed order, no atomics."""
+
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, padding: int, t: int) -> torch.Tensor:
+        cout, cin, k = weight.shape
+        tap, mask = _tap_index(k, padding, t, weight.device)
+        taps = weight.index_select(2, tap).view(cout, cin, t, t)            # [o, c, s, u]
+        out = weight.new_empty(cout, t, cin, t)                             # [o, s, c, u]
+        torch.mul(taps.permute(0, 2, 1, 3), mask.view(1, t, 1, t).to(weight.dtype), out=out)
+        ctx.shape, ctx.padding = (cout, cin, k, t), padding
+        return out.view(cout * t, cin * t)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        cout, cin, k, t = ctx.shape
+        diag, slot = _tap_gather(k, ctx.padding, t, grad.device)
+        # grad_w[o, c, j] = sum of grad[(o, s), (c, s + j - padding)] over valid s: copy grad to
+        # (o, c, s, u) order with one zero slot at the end, gather each tap's diagonal, sum it.
+        g = grad.new_empty(cout, cin, t * t + 1)
+        g[:, :, slot] = 0
+        g[:, :, :slot].view(cout, cin, t, t).copy_(grad.view(cout, t, cin, t).permute(0, 2, 1, 3))
+        grad_w = g.index_select(2, diag).view(cout, cin, k, t).sum(3)
+        return grad_w, None, None
+
+
+_TAP_GATHER: dict[tuple, tuple[torch.Tensor, int]] = {}
+
+
+def _tap_gather(kernel_size: int, padding: int, t: int,
+                device: torch.device) -> tuple[torch.Tensor, int]:
+    """For the weight gradient: for each tap j, the flat (s, u) positions [t] of its diagonal
+    (u = s + j - padding), padded with the zero slot t*t where the diagonal is shorter than t."""
+    key = (kernel_size, padding, t, device)
+    if key not in _TAP_GATHER:
+        slot = t * t
+        rows = []
+        for j in range(kernel_size):
+            pos = [s * t + s + j - padding for s in range(t) if 0 <= s + j - padding < t]
+            rows.append(pos + [slot] * (t - len(pos)))
+        _TAP_GATHER[key] = (torch.tensor(rows, dtype=torch.long).reshape(-1).to(device), slot)
+    return _TAP_GATHER[key]
+
+
 def banded_weight(weight: torch.Tensor, padding: int, t: int) -> torch.Tensor:
     """A stride-1 conv1d over exactly t steps as one dense matrix [out_ch * t, in_ch * t]: row
     (o, s), column (c, u) holds weight[o, c, u - s + padding], zero where that tap falls outside
-    the kernel. Built from slices of the zero-padded kernel, so it is differentiable."""
-    cout, cin, _ = weight.shape
-    wp = F.pad(weight, (t, t))                                   # [out_ch, in_ch, k + 2t]
-    # Row block s: tap u - s + padding of input u is column t + padding - s + u of wp.
-    rows = [wp[:, :, t + padding - s: 2 * t + padding - s] for s in range(t)]
-    return torch.stack(rows, dim=1).reshape(cout * t, cin * t)   # [(o, s), (c, u)]
+    the kernel. Differentiable."""
+    return _BandedWeight.apply(weight, padding, t)
 
 
-# CPU inference reuses each conv's banded matrix while its weight is unchanged (a sampling call
-# runs the U-Net once per DDIM step). On a GPU the matrix is rebuilt inside the forward, so a
-# CUDA graph replay always reads the current weights.
+# Inference reuses each conv's banded matrix while its weight is unchanged (a sampling call runs
+# the U-Net once per DDIM step). A stale entry is rebuilt IN PLACE, so a CUDA graph captured on
+# the matrix reads the new values once ``refresh_banded_cache()`` has run (the graph sampler calls
+# it before every replay). During a capture a missing or stale entry is not made: the capture
+# then builds the matrix itself, which every replay redoes from the current weights.
 _BANDED_CACHE = WeakTensorKeyDictionary()      # weight -> (its version key, banded matrix)
 
 
+def _cache_key(weight: torch.Tensor, padding: int, t: int) -> tuple:
+    return (weight.data_ptr(), weight._version, weight.dtype, padding, t)
+
+
 def _banded_matrix(weight: torch.Tensor, padding: int, t: int) -> torch.Tensor:
-    if weight.device.type != "cpu" or (torch.is_grad_enabled() and weight.requires_grad):
+    if torch.is_grad_enabled() and weight.requires_grad:
         return banded_weight(weight, padding, t)
-    key = (weight.data_ptr(), weight._version, weight.dtype, padding, t)
+    key = _cache_key(weight, padding, t)
     hit = _BANDED_CACHE.get(weight)
-    if hit is None or hit[0] != key:
-        hit = (key, banded_weight(weight, padding, t))
-        _BANDED_CACHE[weight] = hit
-    return hit[1]
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    if weight.is_cuda and torch.cuda.is_current_stream_capturing():
+        return banded_weight(weight, padding, t)
+    with torch.no_grad():
+        fresh = banded_weight(weight, padding, t)
+        if hit is not None and hit[1].shape == fresh.shape and hit[1].device == fresh.device:
+            fresh = hit[1].copy_(fresh)
+    _BANDED_CACHE[weight] = (key, fresh)
+    return fresh
+
+
+def refresh_banded_cache() -> None:
+    """Rebuild (in place) every cached banded matrix whose weight changed since it was made: an
+    optimizer step, an EMA update or load_state_dict between two sampling calls. Call it before
+    replaying a CUDA graph that reads cached matrices."""
+    for weight, (key, _) in list(_BANDED_CACHE.items()):
+        if key != _cache_key(weight, key[3], key[4]):
+            with torch.no_grad():
+                _banded_matrix(weight, key[3], key[4])
 
 
 def _conv1d_banded(x: torch.Tensor, weight: torch.Tensor, padding: int) -> torch.Tensor:
