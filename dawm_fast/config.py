@@ -184,6 +184,10 @@ def config_from_dict(d: dict) -> PipelineConfig:
                 v = tuple(v)
             kwargs[f.name] = v
         return cls(**kwargs)
-    # Runs saved before state_normalizer existed scaled their states with the CDF; resuming one
-    # must not silently switch it (its normalizer file says "cdf" too).
-    return build(PipelineConfig, {"state_normalizer": "cdf", **d})
+    # Runs saved before a field existed did what they did then; resuming one must not silently
+    # switch it: states scaled with the CDF (its normalizer file says "cdf" too), step-0 rewards
+    # generated.
+    d = {"state_normalizer": "cdf", **d}
+    if "sampling" in d:
+        d["sampling"] = {"real_first_reward": False, **d["sampling"]}
+    return build(PipelineConfig, d)

@@ -240,14 +240,16 @@ class Pipeline:
         g = torch.full((n,), cfg.resolved_target_return(), device=self.device)
         print(f"[generation] {n:,} starts, target return {cfg.resolved_target_return():.2f}, "
               f"guidance w {cfg.sampling.guidance_weight}, {cfg.sampling.n_sampling_steps} DDIM "
-              f"steps, backend {cfg.backend}", flush=True)
+              f"steps, backend {cfg.backend}; step-0 rewards "
+              f"{'from the dataset' if cfg.sampling.real_first_reward else 'generated'}",
+              flush=True)
         t0 = time.time()
         s1 = torch.as_tensor(self.state_norm.normalize(ds.next_observations[rows]),
                              device=self.device)
         syn = generate_transitions(
             model, idm, s0, a0, g, self.family, self.state_norm.unnormalize,
             lambda r: self.reward_norm.unnormalize(r[:, None])[:, 0], cfg.sampling, gen,
-            backend=cfg.backend, next_states=s1)
+            backend=cfg.backend, next_states=s1, first_rewards=ds.rewards[rows])
         dt = time.time() - t0
         consistency = syn.pop("action_consistency")
         step_mse, clipped = syn.pop("one_step_state_mse"), syn.pop("clipped_fraction")

@@ -57,6 +57,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--bf16", action="store_true",
                    help="world-model training and sampling under bf16 autocast (fp32 weights, "
                         "Adam and DDIM state); for GPUs with bf16 tensor cores, off by default")
+    p.add_argument("--generated-first-reward", action="store_true",
+                   help="keep the world model's step-0 reward instead of the dataset's r_t (the "
+                        "first transition's (s_t, a_t) is real, so by default its reward is too)")
     return p.parse_args(argv)
 
 
@@ -91,6 +94,8 @@ def build_config(args: argparse.Namespace):
             wm.schedule, prediction_type=args.prediction_type))
     if args.state_normalizer is not None:
         cfg = with_state_normalizer(cfg, args.state_normalizer)
+    if args.generated_first_reward:
+        cfg.sampling = dataclasses.replace(cfg.sampling, real_first_reward=False)
     if args.bf16:
         cfg.wm_bf16 = True
         cfg.sampling = dataclasses.replace(cfg.sampling, bf16=True)

@@ -109,17 +109,20 @@ def test_cdf_state_normalizer_runs_with_the_x0_clip(smoke_data, tmp_path):
         with_state_normalizer(preset_config("smoke", "walker2d-medium", "td3bc"), "minmax")
 
 
-def test_runs_saved_before_the_state_normalizer_option_resume_as_cdf(smoke_data, tmp_path):
-    """A run directory from before `state_normalizer` existed (CDF states, x0 clip) resumes
-    with `--state-normalizer cdf`, not as a different run."""
+def test_runs_saved_before_an_option_resume_as_they_ran(smoke_data, tmp_path):
+    """A run directory from before `state_normalizer` and `real_first_reward` existed (CDF
+    states with the x0 clip, generated step-0 rewards) resumes with `--state-normalizer cdf
+    --generated-first-reward`, not as a different run."""
     from dawm_fast.config import config_from_dict
     out = tmp_path / "old"
-    assert run(out, "--state-normalizer", "cdf", "--until", "data") == 0
+    old_args = ("--state-normalizer", "cdf", "--generated-first-reward")
+    assert run(out, *old_args, "--until", "data") == 0
     saved = json.loads((out / "config.json").read_text())
-    del saved["state_normalizer"]
+    del saved["state_normalizer"], saved["sampling"]["real_first_reward"]
     (out / "config.json").write_text(json.dumps(saved))
-    assert config_from_dict(saved).state_normalizer == "cdf"
-    assert run(out, "--state-normalizer", "cdf", "--until", "idm") == 0
+    old = config_from_dict(saved)
+    assert old.state_normalizer == "cdf" and not old.sampling.real_first_reward
+    assert run(out, *old_args, "--until", "idm") == 0
 
 
 def test_plain_baseline_skips_the_world_model(smoke_data, tmp_path):

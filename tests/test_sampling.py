@@ -214,6 +214,29 @@ def test_generate_transitions_layout(model, idm):
     assert 0.0 < got["one_step_state_mse"] < 4.0
 
 
+def test_first_reward_is_the_datasets(model, idm):
+    """Step 0 of each window is the real (s_t, a_t): with cfg.real_first_reward (the default) its
+    reward is the dataset's r_t given as first_rewards; every other value is unchanged, and
+    without the option the generated reward stays."""
+    n = 6
+    s0, a0, g = inputs(n, seed=20)
+    fam = fake_family()
+    real_r = torch.randn(n, generator=torch.Generator().manual_seed(int(torch.randint(1 << 30, ()))))
+    run = lambda cfg, **kw: generate_transitions(model, idm, s0, a0, g, fam, unnorm_states,
+                                                 unnorm_rewards, cfg,
+                                                 torch.Generator().manual_seed(21), **kw)
+    got = run(SamplingConfig(batch_size=4), first_rewards=real_r)
+    generated = run(SamplingConfig(batch_size=4, real_first_reward=False), first_rewards=real_r)
+    rewards = got["rewards"].reshape(n, T - 1)
+    np.testing.assert_array_equal(rewards[:, 0], real_r.numpy())
+    np.testing.assert_array_equal(rewards[:, 1:], generated["rewards"].reshape(n, T - 1)[:, 1:])
+    assert not np.allclose(generated["rewards"].reshape(n, T - 1)[:, 0], real_r.numpy())
+    for k in ("observations", "actions", "next_observations", "terminals"):
+        np.testing.assert_array_equal(got[k], generated[k])
+    with pytest.raises(ValueError, match="first_rewards has 5 entries for 6 starts"):
+        run(SamplingConfig(), first_rewards=real_r[:5])
+
+
 def test_generate_transitions_truncates_at_termination(model, idm):
     n = 48
     s0, a0, g = inputs(n, seed=12)

@@ -36,6 +36,10 @@ class SamplingConfig:
     # Drop a generated step whose next state is unhealthy only at the x0 clip bound (and the rest
     # of its window) instead of making it a terminal transition: see generate_transitions.
     drop_clipped_terminals: bool = True
+    # Step 0's reward r_t from the dataset instead of the generated one: the pair (s_t, a_t) of a
+    # window's first transition is real, so its reward is known (the generated step-0 reward was
+    # the worst of the window: RMSE 3-4x the later steps' on every env, RESULTS.md).
+    real_first_reward: bool = True
 
 
 SamplingBackend = Callable[
@@ -149,7 +153,8 @@ def generate_transitions(model: DiffusionWorldModel, idm: InverseDynamics,
                          unnormalize_rewards: Callable[[torch.Tensor], torch.Tensor],
                          cfg: SamplingConfig, generator: torch.Generator,
                          backend: str = "reference",
-                         next_states: torch.Tensor | None = None) -> dict:
+                         next_states: torch.Tensor | None = None,
+                         first_rewards: torch.Tensor | None = None) -> dict:
     """Synthetic transitions from guided windows, chunked by ``cfg.batch_size``.
 
     s0 [N, obs_dim], a0 [N, act_dim], returns [N] are normalized. ``unnormalize_states`` maps a
@@ -178,6 +183,13 @@ def generate_transitions(model: DiffusionWorldModel, idm: InverseDynamics,
                                            "next_observations", "terminals")}
     if next_states is not None:
         next_states = torch.as_tensor(next_states, dtype=torch.float32, device=dev)
+    if cfg.real_first_reward and first_rewards is not None:
+        first_rewards = torch.as_tensor(first_rewards, dtype=torch.float32,
+                                        device=dev).reshape(-1)
+        if first_rewards.shape[0] != n:
+            raise ValueError(f"first_rewards has {first_rewards.shape[0]} entries for {n} starts")
+    else:
+        first_rewards = None
     sched = model.schedule_config
     clip_bound = sched.clip_range * (1 - 1e-6) if sched.clip_sample else float("inf")
     sq_err, n_err = 0.0, 0
@@ -209,6 +221,8 @@ def generate_transitions(model: DiffusionWorldModel, idm: InverseDynamics,
                                     device=dev, dtype=torch.float32).reshape(b, t_len, o)
             raw_r = torch.as_tensor(unnormalize_rewards(rewards.reshape(-1)),
                                     device=dev, dtype=torch.float32).reshape(b, t_len)
+            if first_rewards is not None:
+                raw_r[:, 0] = first_rewards[lo:lo + cfg.batch_size]
             nxt = raw_s[:, 1:]                                               # [b, T-1, o]
             failed = failed_health_checks(family, nxt.reshape(-1, o)).reshape(b, t_len - 1, o)
             unhealthy = failed.any(dim=-1)                                   # [b, T-1]
