@@ -80,7 +80,7 @@ def test_world_model_training_step(benchmark, impl, batch):
         sync()
         return out
 
-    benchmark.pedantic(step, rounds=20 if GPU else 5, iterations=1,
+    benchmark.pedantic(step, rounds=20 if GPU else 15, iterations=1,
                        warmup_rounds=3 if GPU else 1)
     record(benchmark, impl=impl, batch=batch)
 
@@ -123,6 +123,6 @@ def test_rl_update(benchmark, algo, impl):
         updates()
         sync()
 
-    benchmark.pedantic(run, rounds=50 if GPU else 10, iterations=1,
+    benchmark.pedantic(run, rounds=50, iterations=1,
                        warmup_rounds=3 if GPU else 1)
     record(benchmark, impl=impl, algo=algo, batch=256, updates_per_call=per_call)
