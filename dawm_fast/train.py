@@ -18,6 +18,7 @@ from dawm_fast.config import (ALGOS, BACKENDS, PRESETS, STATE_NORMALIZERS, confi
                               preset_config, with_state_normalizer)
 from dawm_fast.data import SOURCES, TASK_NAMES, DatasetError, UnknownTaskError
 from dawm_fast.run_io import RunError, die
+from dawm_fast.rl.buffer import MixedSampler
 from dawm_fast.world_model.scheduler import PREDICTION_TYPES
 
 
@@ -57,6 +58,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--bf16", action="store_true",
                    help="world-model training and sampling under bf16 autocast (fp32 weights, "
                         "Adam and DDIM state); for GPUs with bf16 tensor cores, off by default")
+    p.add_argument("--bc-real-only", action="store_true",
+                   help="TD3+BC: the BC term imitates the real rows of each batch only, not the "
+                        "IDM-inferred actions of the synthetic ones (the critic uses both)")
     p.add_argument("--generated-first-reward", action="store_true",
                    help="keep the world model's step-0 reward instead of the dataset's r_t (the "
                         "first transition's (s_t, a_t) is real, so by default its reward is too)")
@@ -94,6 +98,11 @@ def build_config(args: argparse.Namespace):
             wm.schedule, prediction_type=args.prediction_type))
     if args.state_normalizer is not None:
         cfg = with_state_normalizer(cfg, args.state_normalizer)
+    if args.bc_real_only:
+        if cfg.algo != "td3bc":
+            die(f"--bc-real-only is a TD3+BC option; --algo is {cfg.algo}")
+        cfg.td3bc = dataclasses.replace(cfg.td3bc, bc_rows=MixedSampler.real_rows(
+            cfg.td3bc.batch_size, cfg.synthetic_ratio))
     if args.generated_first_reward:
         cfg.sampling = dataclasses.replace(cfg.sampling, real_first_reward=False)
     if args.bf16:

@@ -171,10 +171,12 @@ def _run_agents(ref, fast, data, seed: int, n: int):
     return ref_logs, fast_logs
 
 
+@pytest.mark.parametrize("bc_rows", [None, 32])
 @pytest.mark.parametrize("device", DEVICES)
-def test_td3bc_fast_updates_match_reference(seed, device):
-    """100 updates: critic/actor/targets and the noise generator match the reference."""
-    cfg = TD3BCConfig(seed=seed % 1000, hidden=64)
+def test_td3bc_fast_updates_match_reference(seed, device, bc_rows):
+    """100 updates: critic/actor/targets and the noise generator match the reference (with the
+    BC term on every row, and on the 32 real rows of each batch of 64)."""
+    cfg = TD3BCConfig(seed=seed % 1000, hidden=64, bc_rows=bc_rows)
     ref, fast = TD3BC(OBS, ACT, cfg, device), FastTD3BC(OBS, ACT, cfg, device)
     ref_logs, fast_logs = _run_agents(ref, fast, _rl_data(seed, device), seed, 100)
     torch.testing.assert_close(fast_logs[-1]["critic_loss"], ref_logs[-1]["critic_loss"],

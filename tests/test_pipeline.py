@@ -125,6 +125,14 @@ def test_runs_saved_before_an_option_resume_as_they_ran(smoke_data, tmp_path):
     assert run(out, *old_args, "--until", "idm") == 0
 
 
+def test_bc_real_only_sets_the_real_rows_of_a_batch():
+    from dawm_fast.train import build_config, parse_args
+    cfg = build_config(parse_args(["--bc-real-only", "--synthetic-ratio", "0.25", "--device",
+                                   "cpu"]))
+    assert cfg.td3bc.bc_rows == 192 and cfg.td3bc.batch_size == 256
+    assert build_config(parse_args(["--device", "cpu"])).td3bc.bc_rows is None
+
+
 def test_plain_baseline_skips_the_world_model(smoke_data, tmp_path):
     out = tmp_path / "plain"
     assert run(out, "--synthetic-ratio", "0") == 0
@@ -136,6 +144,8 @@ def test_plain_baseline_skips_the_world_model(smoke_data, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--env", "walker3d-medium"], "valid: hopper-medium, "),
     (["--env", "walker2d-medium", "--algo", "sac"], "unknown --algo 'sac'"),
+    (["--env", "walker2d-medium", "--algo", "iql", "--bc-real-only"],
+     "--bc-real-only is a TD3+BC option; --algo is iql"),
     (["--env", "walker2d-medium", "--backend", "turbo"], "unknown --backend"),
     (["--env", "walker2d-medium", "--device", "cuda"], "use --device cpu"),
     (["--env", "walker2d-medium", "--synthetic-ratio", "1.5"], "must be in [0, 1]"),

@@ -274,6 +274,21 @@ def test_td3bc_actor_loss_by_hand():
     torch.testing.assert_close(q.grad, torch.full((2,), -5 / 6))
 
 
+def test_td3bc_bc_term_on_the_first_rows_only(seed):
+    """bc_rows = n: the BC mean runs over rows [0, n) (the real rows of a MixedSampler batch);
+    the Q term and lambda still use every row."""
+    g = torch.Generator().manual_seed(seed)
+    pi, actions = torch.randn(10, 3, generator=g), torch.randn(10, 3, generator=g)
+    q = torch.randn(10, generator=g)
+    loss, lmbda = td3bc_actor_loss(pi, q, actions, alpha=2.5, bc_rows=4)
+    assert float(lmbda) == pytest.approx(2.5 / float(q.abs().mean()), rel=1e-6)
+    want = -lmbda * q.mean() + ((pi[:4] - actions[:4]) ** 2).mean()
+    torch.testing.assert_close(loss, want)
+    actions[4:] += 10.0                                      # synthetic rows' actions: ignored
+    torch.testing.assert_close(td3bc_actor_loss(pi, q, actions, 2.5, bc_rows=4)[0], want)
+    assert float(td3bc_actor_loss(pi, q, actions, 2.5)[0]) > float(want) + 1.0
+
+
 def test_td3bc_update_losses_match_hand_computation(seed):
     g = torch.Generator().manual_seed(seed)
     batch = random_transitions(16, 3, 2, g)

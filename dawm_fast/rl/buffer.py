@@ -169,7 +169,7 @@ class MixedSampler:
         if int(batch_size) != batch_size or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
         batch_size = int(batch_size)
-        n_syn = int(round(batch_size * synthetic_ratio))
+        n_syn = batch_size - self.real_rows(batch_size, synthetic_ratio)
         if n_syn > 0 and (synthetic is None or len(synthetic) == 0):
             raise ValueError(f"synthetic_ratio={synthetic_ratio} needs synthetic transitions, "
                              "but none were given")
@@ -198,6 +198,11 @@ class MixedSampler:
         self._syn_size = len(synthetic) if n_syn > 0 else 0
         # Rows [0, real_size) are real, [real_size, real_size + syn_size) synthetic.
         self.data = concat([real, synthetic]) if n_syn > 0 else real
+
+    @staticmethod
+    def real_rows(batch_size: int, synthetic_ratio: float) -> int:
+        """Real rows per batch; they come first in every batch, the synthetic rows after."""
+        return batch_size - int(round(batch_size * synthetic_ratio))
 
     def sample(self) -> Transitions:
         dev = self.data.device

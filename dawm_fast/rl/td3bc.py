@@ -38,20 +38,25 @@ class TD3BCConfig:
     batch_size: int = 256       # CORL / paper; DWM trained its offline agents with 128
     max_action: float = 1.0     # action bound (MuJoCo locomotion: 1)
     seed: int = 0               # network init and target-noise generator
+    # BC term over the first `bc_rows` rows of each batch only (MixedSampler puts the real rows
+    # first, so this is "imitate the dataset's actions, not the IDM's"); None = every row.
+    bc_rows: int | None = None
 
 
 def td3bc_actor_loss(pi: torch.Tensor, q: torch.Tensor, actions: torch.Tensor,
-                     alpha: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+                     alpha: float | None,
+                     bc_rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """-lambda * mean Q(s, pi(s)) + mean (pi(s) - a)^2, lambda = alpha / mean|Q| (no gradient
     through lambda: it only rescales Q so that alpha means the same on every task).
-    alpha None: TD3's own actor loss -mean Q (lambda reported as 1).
+    alpha None: TD3's own actor loss -mean Q (lambda reported as 1). bc_rows: the BC mean runs
+    over the first bc_rows rows only (the Q term over all).
 
     pi, actions: [B, act]; q: [B]. Returns (loss, lambda).
     """
     if alpha is None:
         return -q.mean(), torch.ones((), device=q.device)
     lmbda = alpha / q.abs().mean().detach()
-    return -lmbda * q.mean() + F.mse_loss(pi, actions), lmbda
+    return -lmbda * q.mean() + F.mse_loss(pi[:bc_rows], actions[:bc_rows]), lmbda
 
 
 class TD3BC:
@@ -112,7 +117,7 @@ class TD3BC:
         if self.total_it % cfg.policy_freq == 0:
             pi = self.actor(obs)                                                  # [B, act]
             q = self.critic.q1(torch.cat([obs, pi], dim=-1)).squeeze(-1)          # [B]
-            actor_loss, lmbda = td3bc_actor_loss(pi, q, act, cfg.alpha)
+            actor_loss, lmbda = td3bc_actor_loss(pi, q, act, cfg.alpha, cfg.bc_rows)
             self.actor_optimizer.zero_grad(set_to_none=True)
             # inputs=: gradients for the actor only; the critic's would be wasted work.
             actor_loss.backward(inputs=list(self.actor.parameters()))
@@ -120,7 +125,7 @@ class TD3BC:
             soft_update(self.critic_target, self.critic, cfg.tau)
             soft_update(self.actor_target, self.actor, cfg.tau)
             log.update({"actor_loss": actor_loss.detach(), "lambda": lmbda,
-                        "bc_mse": F.mse_loss(pi.detach(), act)})
+                        "bc_mse": F.mse_loss(pi.detach()[:cfg.bc_rows], act[:cfg.bc_rows])})
         return log
 
     @torch.no_grad()
