@@ -14,6 +14,7 @@ import torch
 
 from dawm_fast.config import pipeline_world_model
 from dawm_fast.world_model import DiffusionWorldModel, TemporalUNetConfig
+from dawm_fast.world_model.training import WindowBatcher
 
 OBS_DIM, ACT_DIM = 17, 6          # walker2d
 GPU = torch.cuda.is_available()
@@ -36,11 +37,32 @@ def device_name() -> str:
     return f"cpu ({torch.get_num_threads()} threads)"
 
 
-@pytest.fixture(scope="session")
-def world_model() -> DiffusionWorldModel:
+def new_world_model() -> DiffusionWorldModel:
+    """The benchmark world model (seeded), on DEVICE, in training mode."""
     torch.manual_seed(0)
     return DiffusionWorldModel(OBS_DIM, ACT_DIM, pipeline_world_model(unet=unet_config())).to(
-        DEVICE).eval()
+        DEVICE)
+
+
+def window_batcher(model: DiffusionWorldModel, batch: int, n: int = 4096) -> WindowBatcher:
+    """n random training windows on DEVICE (from torch's global generator) and a seeded batch
+    generator: what a training step draws its batch from."""
+    gen = torch.Generator(device=DEVICE).manual_seed(0)
+    return WindowBatcher(torch.rand(n, model.horizon, model.transition_dim, device=DEVICE) * 2 - 1,
+                         torch.rand(n, device=DEVICE),
+                         torch.rand(n, ACT_DIM, device=DEVICE) * 2 - 1, batch, gen)
+
+
+def sampling_inputs(batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Normalized starts s0 [B, obs], a0 [B, act] and the return g [B] of a sampling call."""
+    s0 = torch.rand(batch, OBS_DIM, device=DEVICE) * 2 - 1
+    a0 = torch.rand(batch, ACT_DIM, device=DEVICE) * 2 - 1
+    return s0, a0, torch.full((batch,), 0.9, device=DEVICE)
+
+
+@pytest.fixture(scope="session")
+def world_model() -> DiffusionWorldModel:
+    return new_world_model().eval()
 
 
 @pytest.fixture(scope="session")

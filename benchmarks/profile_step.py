@@ -30,12 +30,12 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from conftest import ACT_DIM, DEVICE, GPU, OBS_DIM, device_name, unet_config  # noqa: E402
-from dawm_fast.config import pipeline_world_model  # noqa: E402
+from conftest import (DEVICE, GPU, device_name, new_world_model, sampling_inputs,  # noqa: E402
+                      window_batcher)
 from dawm_fast.sampling import SamplingConfig, sample_windows  # noqa: E402
-from dawm_fast.world_model import DiffusionWorldModel, fused_unet  # noqa: E402
+from dawm_fast.world_model import fused_unet  # noqa: E402
 from dawm_fast.world_model.fast_training import FastWorldModelTrainer  # noqa: E402
-from dawm_fast.world_model.training import WindowBatcher, WorldModelTrainerConfig  # noqa: E402
+from dawm_fast.world_model.training import WorldModelTrainerConfig  # noqa: E402
 
 KINDS = (("optimizer", ("multi_tensor", "adam", "foreach")),
          ("triton", ("triton", "groupnorm_mish")),
@@ -114,18 +114,10 @@ def print_table(title: str, table: dict) -> None:
         print(f"   {r['ms']:8.3f} ms {r['count']:6.1f}x  {r['name']}")
 
 
-def world_model_step(batch: int, bf16: bool = False):
-    torch.manual_seed(0)
-    model = DiffusionWorldModel(OBS_DIM, ACT_DIM,
-                                pipeline_world_model(unet=unet_config())).to(DEVICE)
-    trainer = FastWorldModelTrainer(model, WorldModelTrainerConfig(bf16=bf16))
-    n = 4096
-    gen = torch.Generator(device=DEVICE).manual_seed(0)
-    g = torch.Generator(device=DEVICE).manual_seed(1)
-    batcher = WindowBatcher(
-        torch.rand(n, model.horizon, model.transition_dim, device=DEVICE, generator=g) * 2 - 1,
-        torch.rand(n, device=DEVICE, generator=g),
-        torch.rand(n, ACT_DIM, device=DEVICE, generator=g) * 2 - 1, batch, gen)
+def world_model_step(batch: int):
+    """The fast trainer's step on the benchmark model, warmed up (graph captured on a GPU)."""
+    trainer = FastWorldModelTrainer(new_world_model(), WorldModelTrainerConfig())
+    batcher = window_batcher(trainer.model, batch)
     step = lambda: trainer.train_step(batcher)
     for _ in range(3):
         step()
@@ -168,13 +160,9 @@ def patched(attrs: dict):
 
 
 def sampling_call(b: int):
-    torch.manual_seed(0)
-    model = DiffusionWorldModel(OBS_DIM, ACT_DIM,
-                                pipeline_world_model(unet=unet_config())).to(DEVICE).eval()
+    model = new_world_model().eval()
     g = torch.Generator(device=DEVICE)
-    s0 = torch.rand(b, OBS_DIM, device=DEVICE) * 2 - 1
-    a0 = torch.rand(b, ACT_DIM, device=DEVICE) * 2 - 1
-    ret = torch.full((b,), 0.9, device=DEVICE)
+    s0, a0, ret = sampling_inputs(b)
     cfg = SamplingConfig(batch_size=b)
 
     def sample():

@@ -4,17 +4,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import DEVICE, OBS_DIM, ACT_DIM, GPU, record, sync
+from conftest import (ACT_DIM, DEVICE, GPU, OBS_DIM, new_world_model, record, sync,
+                      window_batcher)
 from dawm_fast.rl.buffer import FIELDS, MixedSampler, Transitions
 from dawm_fast.rl.fast_updates import FastIQL, FastTD3BC
 from dawm_fast.rl.iql import IQL
 from dawm_fast.rl.td3bc import TD3BC
-from dawm_fast.config import pipeline_world_model
-from dawm_fast.world_model import DiffusionWorldModel, WorldModelTrainer
+from dawm_fast.world_model import WorldModelTrainer
 from dawm_fast.world_model.fast_training import FastWorldModelTrainer
-from dawm_fast.world_model.training import WindowBatcher, WorldModelTrainerConfig
+from dawm_fast.world_model.training import WorldModelTrainerConfig
 from dawm_fast.world_model.fused_unet import fused_unet_forward
-from conftest import unet_config
 
 
 @pytest.mark.parametrize("impl", ["reference", "fast", "compile"])
@@ -60,20 +59,14 @@ def test_world_model_training_step(benchmark, impl, batch):
     if impl == "fast-bf16" and not GPU:
         pytest.skip("bf16 autocast is a GPU option: a CPU without bf16 matrix units runs its "
                     "GEMMs slower than fp32")
-    torch.manual_seed(0)
-    model = DiffusionWorldModel(OBS_DIM, ACT_DIM,
-                                pipeline_world_model(unet=unet_config())).to(DEVICE)
+    model = new_world_model()
     if impl.startswith("fast"):
         trainer = FastWorldModelTrainer(model, WorldModelTrainerConfig(bf16=impl == "fast-bf16"))
     else:
         trainer = WorldModelTrainer(model)
         if impl == "compile":
             model.unet = torch.compile(model.unet)
-    n = 4096
-    gen = torch.Generator(device=DEVICE).manual_seed(0)
-    batcher = WindowBatcher(torch.rand(n, model.horizon, model.transition_dim, device=DEVICE) * 2 - 1,
-                            torch.rand(n, device=DEVICE),
-                            torch.rand(n, ACT_DIM, device=DEVICE) * 2 - 1, batch, gen)
+    batcher = window_batcher(model, batch)
 
     def step():
         out = trainer.train_step(batcher)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import DEVICE, OBS_DIM, ACT_DIM, record, skip_large_batch_on_cpu, sync
+from conftest import DEVICE, record, sampling_inputs, skip_large_batch_on_cpu, sync
 from dawm_fast.sampling import SamplingConfig, sample_windows
 
 IMPLS = ("reference", "fast", "fast-bf16", "compile")
@@ -19,9 +19,7 @@ def test_sampling_throughput(benchmark, world_model, compiled_model, impl, batch
         pytest.skip("bf16 autocast is a GPU option: a CPU without bf16 matrix units runs its "
                     "GEMMs slower than fp32")
     g = torch.Generator(device=DEVICE)
-    s0 = torch.rand(batch, OBS_DIM, device=DEVICE) * 2 - 1
-    a0 = torch.rand(batch, ACT_DIM, device=DEVICE) * 2 - 1
-    ret = torch.full((batch,), 0.9, device=DEVICE)
+    s0, a0, ret = sampling_inputs(batch)
     cfg = SamplingConfig(batch_size=batch, bf16=impl == "fast-bf16")
     model = compiled_model if impl == "compile" else world_model
     backend = "fast" if impl.startswith("fast") else "reference"

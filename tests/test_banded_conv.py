@@ -75,7 +75,7 @@ def test_cpu_inference_cache_follows_weight_updates(seed):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_refresh_rebuilds_cached_matrices_in_place(seed, device):
-    """refresh_banded_cache() (run before every graph replay) rebuilds a stale matrix into the
+    """refresh_banded_cache(module) (run before every graph replay) rebuilds a stale matrix into the
     SAME memory, which is what a CUDA graph captured on it reads."""
     g = torch.Generator().manual_seed(seed)
     conv = torch.nn.Conv1d(8, 12, 5, padding=2).to(device)
@@ -85,7 +85,7 @@ def test_refresh_rebuilds_cached_matrices_in_place(seed, device):
         cached = _BANDED_CACHE[conv.weight][1]
         address = cached.data_ptr()
         conv.weight.copy_(torch.randn(12, 8, 5, generator=g))
-        refresh_banded_cache()
+        refresh_banded_cache(conv)
         assert cached.data_ptr() == address and _BANDED_CACHE[conv.weight][1] is cached
         torch.testing.assert_close(cached, banded_weight(conv.weight, 2, 4), rtol=0, atol=0)
         torch.testing.assert_close(_conv1d(x, conv), F.conv1d(x, conv.weight, None, 1, 2))

@@ -128,9 +128,10 @@ def sample_cpp(model: DiffusionWorldModel, s0: torch.Tensor, a0: torch.Tensor,
     if cfg.eta > 0:
         step_noise = torch.stack([torch.randn(shape, generator=generator, device=dev, dtype=dt)
                                   for _ in timesteps])                              # [N, B, T, C]
-    # Graphs captured on cached banded matrices must see weights changed since (an EMA update,
-    # load_state_dict): rebuild stale ones in place before the replay.
-    refresh_banded_cache()
+    if use_cuda_graph:
+        # Graphs captured on cached banded matrices must see weights changed since (an EMA
+        # update, load_state_dict): rebuild this model's stale ones in place before the replay.
+        refresh_banded_cache(model)
     with torch.no_grad():
         return sampler.sample(forward, s0, a0, returns, noise, step_noise, timesteps,
                               [_coef_tuple(c) for c in coefs], coefs[0].clip,

@@ -73,8 +73,8 @@ def banded_weight(weight: torch.Tensor, padding: int, t: int) -> torch.Tensor:
 
 # Inference reuses each conv's banded matrix while its weight is unchanged (a sampling call runs
 # the U-Net once per DDIM step). A stale entry is rebuilt IN PLACE, so a CUDA graph captured on
-# the matrix reads the new values once ``refresh_banded_cache()`` has run (the graph sampler calls
-# it before every replay). During a capture a missing or stale entry is not made: the capture
+# the matrix reads the new values once ``refresh_banded_cache(model)`` has run (the graph sampler
+# calls it before every replay). During a capture a missing or stale entry is not made: the capture
 # then builds the matrix itself, which every replay redoes from the current weights.
 _BANDED_CACHE = WeakTensorKeyDictionary()      # weight -> (its version key, banded matrix)
 
@@ -100,14 +100,18 @@ def _banded_matrix(weight: torch.Tensor, padding: int, t: int) -> torch.Tensor:
     return fresh
 
 
-def refresh_banded_cache() -> None:
-    """Rebuild (in place) every cached banded matrix whose weight changed since it was made: an
-    optimizer step, an EMA update or load_state_dict between two sampling calls. Call it before
-    replaying a CUDA graph that reads cached matrices."""
-    for weight, (key, _) in list(_BANDED_CACHE.items()):
-        if key != _cache_key(weight, key[3], key[4]):
+def refresh_banded_cache(module: torch.nn.Module) -> None:
+    """Rebuild (in place) every cached banded matrix of ``module``'s weights that changed since it
+    was made: an optimizer step, an EMA update or load_state_dict between two sampling calls.
+    Call it before replaying a CUDA graph that reads them (eager calls rebuild on lookup)."""
+    for weight in module.parameters():
+        hit = _BANDED_CACHE.get(weight)
+        if hit is None:
+            continue
+        *_, padding, t = hit[0]
+        if hit[0] != _cache_key(weight, padding, t):
             with torch.no_grad():
-                _banded_matrix(weight, key[3], key[4])
+                _banded_matrix(weight, padding, t)
 
 
 def _conv1d_banded(x: torch.Tensor, weight: torch.Tensor, padding: int) -> torch.Tensor:
