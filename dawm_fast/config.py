@@ -6,7 +6,9 @@ counts) is a field here, printed at the start of a run and saved with it (``conf
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 
 from dawm_fast.data.normalizers import CDFNormalizer, GaussianNormalizer
@@ -76,6 +78,9 @@ class PipelineConfig:
     data_source: str = "auto"             # auto | minari | d4rl | embedded
     data_path: str | None = None          # D4RL .hdf5 file for data_source="d4rl"
     max_transitions: int | None = None    # use only the first N transitions (None: all)
+    # Keep a seeded random share of the dataset's whole episodes (the run's seed draws them), for
+    # the little-data setting where augmentation gains are largest (SynthER). 1.0: all.
+    episode_fraction: float = 1.0
     gamma: float = 0.99                   # discount of the return-to-go and of the RL agents
     # -- inverse dynamics ------------------------------------------------------------------------
     idm: InverseDynamicsConfig = field(default_factory=InverseDynamicsConfig)
@@ -100,6 +105,11 @@ class PipelineConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     n_synthetic_starts: int = 200_000     # real (s_t, a_t) starts; each gives up to T-1 transitions
     target_return: float | None = None    # normalized g for guidance; None: per-task default
+    # Read the idm / world_model / generation products from this run directory instead of making
+    # them (a sweep trains one world model per task, seed and world-model settings and shares it
+    # across algorithms and ratios); it must have the same world_model_fingerprint. A relative
+    # path is taken from the working directory.
+    world_model_dir: str | None = None
     # -- offline RL ------------------------------------------------------------------------------
     rl_steps: int = 1_000_000             # gradient updates
     synthetic_ratio: float = 0.5          # share of each batch drawn from synthetic data; 0 = plain
@@ -124,7 +134,78 @@ class PipelineConfig:
     def identity(self) -> dict:
         """What makes two runs the same run (an --out dir holds exactly one)."""
         return {k: getattr(self, k) for k in ("env", "algo", "preset", "seed", "backend",
-                                              "data_source", "synthetic_ratio")}
+                                              "data_source", "synthetic_ratio",
+                                              "episode_fraction")}
+
+
+# The fields that decide what the world-model stages (idm, world_model, generation) produce: two
+# configs that agree on these make the same world model and synthetic data, whatever their
+# algorithm, synthetic ratio or RL settings.
+WORLD_MODEL_FIELDS = ("env", "seed", "backend", "data_source", "data_path", "max_transitions",
+                      "episode_fraction", "gamma", "idm", "state_normalizer", "world_model",
+                      "wm_steps", "wm_batch_size", "wm_lr", "wm_bf16", "wm_ema", "sampling",
+                      "n_synthetic_starts")
+
+
+def world_model_fingerprint(cfg: "PipelineConfig") -> str:
+    """A short hash of everything that decides a run's world model and synthetic data."""
+    d = cfg.to_dict()
+    key = {k: d[k] for k in WORLD_MODEL_FIELDS}
+    key["target_return"] = cfg.resolved_target_return()
+    blob = json.dumps(key, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:10]
+
+
+def _parse_value(text: str):
+    """A --set value: JSON where it parses (numbers, true/false, null, lists), else the string."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def apply_overrides(cfg: "PipelineConfig", assignments: list[str]) -> "PipelineConfig":
+    """`cfg` with `KEY=VALUE` assignments applied; KEY may be dotted into a nested config
+    (`td3bc.alpha=2.5`, `sampling.guidance_weight=1.2`). Raises ValueError naming a bad one."""
+    for item in assignments:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. synthetic_ratio=0.25")
+        value = _parse_value(text)
+        cfg = _set_path(cfg, key.split("."), value, key)
+    return cfg
+
+
+def _set_path(obj, path: list[str], value, full_key: str):
+    names = {f.name for f in dataclasses.fields(obj)}
+    if path[0] not in names:
+        raise ValueError(f"--set {full_key}: unknown field {path[0]!r} of "
+                         f"{type(obj).__name__}; valid: {', '.join(sorted(names))}")
+    current = getattr(obj, path[0])
+    if len(path) > 1:
+        if not dataclasses.is_dataclass(current):
+            raise ValueError(f"--set {full_key}: {path[0]!r} has no fields")
+        return dataclasses.replace(obj, **{path[0]: _set_path(current, path[1:], value,
+                                                               full_key)})
+    if dataclasses.is_dataclass(current):
+        raise ValueError(f"--set {full_key}: {path[0]!r} is a group of settings; set one of its "
+                         f"fields ({full_key}.FIELD=VALUE)")
+    if isinstance(current, bool) or isinstance(value, bool):
+        ok = isinstance(value, bool) and (current is None or isinstance(current, bool))
+    elif isinstance(current, (int, float)) and not isinstance(current, bool):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and \
+            (isinstance(current, float) or isinstance(value, int))
+        if ok and isinstance(current, float):
+            value = float(value)
+    elif isinstance(current, tuple):
+        ok = isinstance(value, list)
+        value = tuple(value) if ok else value
+    else:   # a string, or an optional field that is None now
+        ok = value is None or current is None or isinstance(value, type(current))
+    if not ok:
+        raise ValueError(f"--set {full_key}: {value!r} is not a valid value (the current value "
+                         f"is {current!r})")
+    return dataclasses.replace(obj, **{path[0]: value})
 
 
 def preset_config(preset: str, env: str, algo: str, **overrides) -> PipelineConfig:
@@ -191,3 +272,47 @@ def config_from_dict(d: dict) -> PipelineConfig:
     if "sampling" in d:
         d["sampling"] = {"real_first_reward": False, **d["sampling"]}
     return build(PipelineConfig, d)
+
+
+# Seeds feed numpy's legacy seeding (below 2**32) and offsets such as seed * 1000 + step.
+SEED_RANGE = (0, 2**31 - 1)
+
+
+def config_problems(cfg: PipelineConfig, name=lambda field: field) -> list[str]:
+    """Every value of `cfg` a run cannot use, one sentence each with the valid range (empty when
+    all is well). Rules by kind, over every field, nested ones included: floats finite; learning
+    rates > 0; step, batch, episode and interval counts >= 1; shares within [0, 1]; the seed
+    within SEED_RANGE. `name` turns a dotted field into what the user typed (a CLI flag)."""
+    problems = []
+
+    def bad(field: str, value, valid: str) -> None:
+        problems.append(f"{name(field)} must be {valid}, got {value!r}")
+
+    def walk(obj, prefix: str) -> None:
+        for f in dataclasses.fields(obj):
+            v, key = getattr(obj, f.name), prefix + f.name
+            if dataclasses.is_dataclass(v):
+                walk(v, key + ".")
+                continue
+            if v is None or isinstance(v, (bool, str, tuple)):
+                continue
+            if isinstance(v, float) and not math.isfinite(v):
+                bad(key, v, "a finite number")
+            elif key == "seed":
+                if not SEED_RANGE[0] <= v <= SEED_RANGE[1]:
+                    bad(key, v, f"an integer in [{SEED_RANGE[0]}, {SEED_RANGE[1]}]")
+            elif f.name == "lr" or f.name.endswith("_lr"):
+                if not v > 0:
+                    bad(key, v, "> 0")
+            elif f.name in ("synthetic_ratio", "holdout_frac", "dropout", "temperature"):
+                if not 0 <= v <= 1:
+                    bad(key, v, "in [0, 1]")
+            elif f.name in ("gamma", "episode_fraction"):
+                if not 0 < v <= 1:
+                    bad(key, v, "in (0, 1]")
+            elif (f.name.endswith(("steps", "every", "episodes", "batch_size", "starts"))
+                  or f.name.startswith("n_") or f.name in ("max_transitions", "hidden")):
+                if not v >= 1:
+                    bad(key, v, "at least 1")
+    walk(cfg, "")
+    return problems

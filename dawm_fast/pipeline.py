@@ -7,6 +7,7 @@ re-running with the same directory resumes at the first unfinished stage, and th
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
 from pathlib import Path
@@ -14,18 +15,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dawm_fast.config import STATE_NORMALIZERS, PipelineConfig
+from dawm_fast.config import (STATE_NORMALIZERS, PipelineConfig, config_from_dict,
+                              world_model_fingerprint)
 from dawm_fast.data import (MinMaxNormalizer, Normalizer, OfflineDataset, load_dataset,
                             make_windows, normalized_score)
-from dawm_fast.data.dataset import subset_episodes
+from dawm_fast.data.dataset import subset_episode_fraction, subset_episodes
+from dawm_fast.data.fingerprint import data_fingerprint, fingerprint_difference
 from dawm_fast.data.tasks import parse_task
 from dawm_fast.evaluation import dynamics_check, evaluate_policy
+from dawm_fast.provenance import code_version
 from dawm_fast.rl.buffer import MixedSampler, Transitions, compute_obs_stats, iql_reward_scale
 from dawm_fast.rl.fast_updates import FastIQL, FastTD3BC
 from dawm_fast.rl.iql import IQL
 from dawm_fast.rl.td3bc import TD3BC
-from dawm_fast.run_io import (MetricsLog, Progress, RunError, atomic_torch_save, load_checkpoint,
-                              write_json)
+from dawm_fast.run_io import (MetricsLog, Progress, RunError, atomic_torch_save, deferred_stop,
+                              load_arrays, load_checkpoint, nonfinite_tensors, raise_if_stopped,
+                              reading, stop_requested, write_json)
 from dawm_fast.sampling import generate_transitions
 from dawm_fast.step_graphs import GraphCaptureError
 from dawm_fast.world_model import (DiffusionWorldModel, InverseDynamics, WorldModelTrainer,
@@ -34,6 +39,15 @@ from dawm_fast.world_model.fast_training import FastWorldModelTrainer
 from dawm_fast.world_model.training import WindowBatcher
 
 STAGES = ("data", "idm", "world_model", "generation", "rl", "evaluation")
+# The stages whose products (idm.pt, world_model.pt, synthetic.npz) depend on the task, the seed
+# and the world-model settings only: a run with `world_model_dir` reads them from there.
+WORLD_MODEL_STAGES = ("idm", "world_model", "generation")
+# What a finished stage leaves for the later ones: deleting it redoes that stage and every later
+# one. The long stages resume mid-stage from their checkpoint.
+PRODUCTS = {"idm": "idm.pt", "world_model": "world_model.pt", "generation": "synthetic.npz",
+            "rl": "agent.pt"}
+CHECKPOINTS = {"world_model": "world_model_ckpt.pt", "rl": "rl_ckpt.pt"}
+SYNTHETIC_KEYS = ("observations", "actions", "rewards", "next_observations", "terminals")
 
 
 class Pipeline:
@@ -47,13 +61,38 @@ class Pipeline:
 
     # -- bookkeeping -----------------------------------------------------------------------------
     def _load_progress(self) -> None:
-        import json
-        if self.progress_path.exists():
-            try:
-                self.state = json.loads(self.progress_path.read_text())
-            except ValueError:
-                raise RunError(f"{self.progress_path} is corrupt; delete the run directory "
-                               f"{self.out} or choose another --out") from None
+        if not self.progress_path.exists():
+            return
+        try:
+            state = json.loads(self.progress_path.read_text())
+            ok = (isinstance(state, dict) and isinstance(state.get("done"), dict)
+                  and isinstance(state.get("identity", {}), dict)
+                  and all(isinstance(v, dict) and isinstance(v.get("wall_s"), (int, float))
+                          and k in STAGES for k, v in state["done"].items()))
+        except ValueError:
+            ok = False
+        if not ok:
+            raise RunError(f"{self.progress_path} is corrupt; delete that file to redo every "
+                           f"stage from the checkpoints kept, or choose another --out")
+        state.setdefault("identity", self.cfg.identity())
+        self.state = state
+        self._redo_missing_products()
+
+    def _redo_missing_products(self) -> None:
+        """A finished stage whose product was deleted is redone, with every stage after it."""
+        done = self.state["done"]
+        for i, stage in enumerate(STAGES):
+            info, product = done.get(stage), PRODUCTS.get(stage)
+            if (info is None or product is None or "skipped" in info or "shared_from" in info
+                    or (self.out / product).exists()):
+                continue
+            redo = [s for s in STAGES[i:] if s in done]
+            for s in redo:
+                del done[s]
+            write_json(self.progress_path, self.state)
+            print(f"[{stage}] {self.out / product} is missing: redoing {', '.join(redo)}",
+                  flush=True)
+            return
 
     def _finish(self, stage: str, wall_s: float, **info) -> None:
         self.state["done"][stage] = {"wall_s": round(wall_s, 2), **info}
@@ -80,10 +119,16 @@ class Pipeline:
                     return None
                 continue
             t0 = time.time()
-            if cfg.synthetic_ratio == 0 and stage in ("idm", "world_model", "generation"):
+            if cfg.synthetic_ratio == 0 and stage in WORLD_MODEL_STAGES:
                 # the plain baseline: no world model at all, the RL code path unchanged
                 self._finish(stage, 0.0, skipped="synthetic_ratio 0")
                 continue
+            if cfg.world_model_dir is not None and stage in WORLD_MODEL_STAGES:
+                self._adopt_shared(stage)
+                continue
+            ckpt = CHECKPOINTS.get(stage)
+            if ckpt is None or not (self.out / ckpt).exists():
+                self.metrics.truncate_after(stage, -1)   # a stage redone from its start logs anew
             try:
                 info = getattr(self, f"stage_{stage}")() or {}
             except GraphCaptureError as exc:   # finished stages and checkpoints stay on disk
@@ -94,6 +139,37 @@ class Pipeline:
                 return None
         return self.results()
 
+    @property
+    def products_dir(self) -> Path:
+        """Where this run's world-model products live: its own directory, or the shared one."""
+        if self.cfg.world_model_dir is None:
+            return self.out
+        return Path(self.cfg.world_model_dir)
+
+    def _adopt_shared(self, stage: str) -> None:
+        """Take a world-model stage as done by the shared run in `world_model_dir`, which must
+        have finished it with the same world-model settings (same fingerprint)."""
+        shared = self.products_dir
+        try:
+            state = json.loads((shared / "progress.json").read_text())
+            shared_cfg = config_from_dict(json.loads((shared / "config.json").read_text()))
+        except (OSError, ValueError) as e:
+            raise RunError(f"world_model_dir {shared} holds no readable finished world model "
+                           f"({type(e).__name__}); run its stages first (--until generation)") \
+                from None
+        if stage not in state.get("done", {}):
+            raise RunError(f"world_model_dir {shared} has not finished stage '{stage}'; run it "
+                           f"first (python -m dawm_fast.train ... --until generation --out "
+                           f"{shared})")
+        want, have = world_model_fingerprint(self.cfg), world_model_fingerprint(shared_cfg)
+        if want != have:
+            raise RunError(f"world_model_dir {shared} was made with other world-model settings "
+                           f"(fingerprint {have} there, {want} for this run)")
+        info = dict(state["done"][stage])
+        self._finish(stage, 0.0, **{k: v for k, v in info.items() if k != "wall_s"},
+                     shared_from=str(shared), shared_wall_s=info.get("wall_s", 0.0))
+        print(f"[{stage}] shared: read from {shared} (world model {want})", flush=True)
+
     def _resumed_wall(self, stage: str) -> float:
         """Wall time a stage had already spent before an interruption (kept in its checkpoint)."""
         return getattr(self, "_wall_before", {}).get(stage, 0.0)
@@ -103,8 +179,11 @@ class Pipeline:
         cfg = self.cfg
         t0 = time.time()
         ds = load_dataset(cfg.env, source=cfg.data_source, path=cfg.data_path)
+        self._check_data_fingerprint(ds)
         if cfg.max_transitions is not None:
             ds = subset_episodes(ds, cfg.max_transitions, cfg.seed)
+        if cfg.episode_fraction < 1.0:
+            ds = subset_episode_fraction(ds, cfg.episode_fraction, cfg.seed)
         self.dataset: OfflineDataset = ds
         print(f"[data] {ds.summary()}", flush=True)
         print(f"[data] evaluation env: {ds.eval_env_id}", flush=True)
@@ -112,7 +191,8 @@ class Pipeline:
         norm_dir.mkdir(exist_ok=True)
         paths = norm_dir / "states.npz", norm_dir / "rewards.npz"
         if all(p.exists() for p in paths):
-            self.state_norm, self.reward_norm = (Normalizer.load(p) for p in paths)
+            self.state_norm, self.reward_norm = (self._load_normalizer(p, k, d) for p, k, d in zip(
+                paths, (cfg.state_normalizer, "minmax"), (ds.obs_dim, 1)))
         else:
             states = np.concatenate([ds.observations, ds.next_observations])
             if cfg.state_normalizer not in STATE_NORMALIZERS:
@@ -121,7 +201,10 @@ class Pipeline:
             self.state_norm = STATE_NORMALIZERS[cfg.state_normalizer](states)
             self.reward_norm = MinMaxNormalizer(ds.rewards[:, None])
             for norm, p in zip((self.state_norm, self.reward_norm), paths):
-                norm.save(p)
+                tmp = p.with_name(p.name + ".tmp")
+                with open(tmp, "wb") as f:
+                    norm.save(f)
+                os.replace(tmp, p)
         # Windows as the world model's training tensors (normalized).
         w = make_windows(ds, cfg.world_model.horizon, cfg.gamma, self.family.rtg_scale)
         if len(w) == 0:
@@ -141,6 +224,32 @@ class Pipeline:
         return {"transitions": len(ds), "windows": m, "source": ds.source,
                 "load_s": round(time.time() - t0, 2)}
 
+    def _check_data_fingerprint(self, ds: OfflineDataset) -> None:
+        """Refuse to resume on other data than the run started on; runs saved before
+        fingerprints existed have theirs recorded now."""
+        cfg, identity = self.cfg, self.state["identity"]
+        old = identity.get("data")
+        path = cfg.data_path if cfg.data_source == "d4rl" else None
+        fp = data_fingerprint(ds, path, known=old if isinstance(old, dict) else None)
+        why = fingerprint_difference(old, fp) if isinstance(old, dict) else None
+        if why:
+            raise RunError(f"--out {self.out} was started on other data ({why}); restore the "
+                           f"data it started on to resume it, or choose another --out")
+        if fp != old:
+            identity["data"] = fp
+            if self.progress_path.exists():
+                write_json(self.progress_path, self.state)
+
+    def _load_normalizer(self, path: Path, kind: str, dim: int) -> Normalizer:
+        with reading(path, "data"):
+            norm = Normalizer.load(path)
+            probe = norm.normalize(np.zeros((1, dim), np.float32))
+        if norm.kind != kind or probe.shape != (1, dim) or nonfinite_tensors(
+                {k: v for k, v in vars(norm).items()}):
+            raise RunError(f"{path} is not a finite {kind} normalizer for {dim} dimensions; delete "
+                           f"that file to fit it again from the data, or use another --out")
+        return norm
+
     # -- stage: inverse dynamics -----------------------------------------------------------------
     def stage_idm(self) -> dict:
         ds, cfg = self.dataset, self.cfg
@@ -149,6 +258,12 @@ class Pipeline:
         idm, report = train_inverse_dynamics(self.state_norm.normalize(ds.observations),
                                              self.state_norm.normalize(ds.next_observations),
                                              ds.actions, idm_cfg, device=self.device)
+        bad = nonfinite_tensors({"held-out MSE": report.heldout_mse, "train MSE": report.train_mse,
+                                 "weights": idm.state_dict()})
+        if bad:
+            raise RunError(f"[idm] the inverse dynamics model's {bad[0]} became NaN or inf by step "
+                           f"{idm_cfg.n_steps} (not saved); rerun in another --out with a lower "
+                           f"learning rate (--set idm.lr=..., now {cfg.idm.lr:g})")
         atomic_torch_save({"model": idm.state_dict(), "report": dataclasses.asdict(report)},
                           self.out / "idm.pt")
         self.metrics.log("idm", idm_cfg.n_steps, heldout_action_mse=report.heldout_mse,
@@ -159,9 +274,11 @@ class Pipeline:
                 "heldout_action_var": report.heldout_action_var}
 
     def load_idm(self) -> InverseDynamics:
-        ck = load_checkpoint(self.out / "idm.pt", "idm")
+        path = self.products_dir / "idm.pt"
+        ck = load_checkpoint(path, "idm", ("model",))
         idm = InverseDynamics(self.dataset.obs_dim, self.dataset.act_dim, self.cfg.idm)
-        idm.load_state_dict(ck["model"])
+        with reading(path, "idm"):
+            idm.load_state_dict(ck["model"])
         return idm.to(self.device).eval()
 
     # -- stage: world model ----------------------------------------------------------------------
@@ -182,9 +299,10 @@ class Pipeline:
         ckpt_path = self.out / "world_model_ckpt.pt"
         wall_before = 0.0
         if ckpt_path.exists():
-            ck = load_checkpoint(ckpt_path, "world_model")
-            trainer.load_state_dict(ck["trainer"])
-            batch_gen.set_state(ck["batch_generator"])
+            ck = load_checkpoint(ckpt_path, "world_model", ("trainer", "batch_generator"))
+            with reading(ckpt_path, "world_model"):
+                trainer.load_state_dict(ck["trainer"])
+                batch_gen.set_state(ck["batch_generator"])
             wall_before = ck.get("wall_s", 0.0)
             self.metrics.truncate_after("world_model", trainer.step)
             print(f"[world_model] resumed at step {trainer.step:,}", flush=True)
@@ -200,31 +318,42 @@ class Pipeline:
                                 self.windows["actions"], cfg.wm_batch_size, batch_gen)
         prog = Progress("world_model", cfg.wm_steps, trainer.step, cfg.progress_every_s)
         t0, losses, last_loss = time.time(), [], float("nan")
-        while trainer.step < cfg.wm_steps:
-            out = trainer.train_step(batcher)
-            losses.append(out["loss"])      # a float, or a device tensor (fast path: no sync)
-            step = trainer.step
-            if step % 100 == 0 or step == cfg.wm_steps:
-                last_loss = float(torch.stack([torch.as_tensor(v) for v in losses]).mean())
-                if not np.isfinite(last_loss):
-                    raise RunError(f"world-model loss became {last_loss} by step {step}; lower "
-                                   f"--wm-lr or check the dataset for extreme values")
-                self.metrics.log("world_model", step, loss=last_loss)
-                losses = []
-            prog.update(step, loss=last_loss)
-            if step % cfg.wm_checkpoint_every == 0 or step == cfg.wm_steps:
-                atomic_torch_save({"trainer": trainer.state_dict(),
-                                   "batch_generator": batch_gen.get_state(),
-                                   "wall_s": wall_before + time.time() - t0}, ckpt_path)
+        nan_advice = (f"(not saved); rerun in another --out with a lower learning rate (--set "
+                      f"wm_lr=..., now {cfg.wm_lr:g})")
+        with deferred_stop():     # SIGINT/SIGTERM: checkpoint at the next step boundary, stop
+            while trainer.step < cfg.wm_steps:
+                out = trainer.train_step(batcher)
+                losses.append(out["loss"])  # a float, or a device tensor (fast path: no sync)
+                step = trainer.step
+                if step % 100 == 0 or step == cfg.wm_steps:
+                    last_loss = float(torch.stack([torch.as_tensor(v) for v in losses]).mean())
+                    if not np.isfinite(last_loss):
+                        raise RunError(f"[world_model] the loss became {last_loss} by step "
+                                       f"{step} {nan_advice}")
+                    self.metrics.log("world_model", step, loss=last_loss)
+                    losses = []
+                prog.update(step, loss=last_loss)
+                if (step % cfg.wm_checkpoint_every == 0 or step == cfg.wm_steps
+                        or stop_requested()):
+                    state = trainer.state_dict()
+                    bad = nonfinite_tensors(state)
+                    if bad:
+                        raise RunError(f"[world_model] {bad[0]} became NaN or inf by step "
+                                       f"{step} {nan_advice}")
+                    atomic_torch_save({"trainer": state, "batch_generator": batch_gen.get_state(),
+                                       "wall_s": wall_before + time.time() - t0}, ckpt_path)
+                    raise_if_stopped()
         atomic_torch_save({"ema_model": trainer.ema.model.state_dict()},
                           self.out / "world_model.pt")
         self._wall_before = {"world_model": wall_before}
         return {"steps": trainer.step, "parameters": n_params}
 
     def load_world_model(self) -> DiffusionWorldModel:
-        ck = load_checkpoint(self.out / "world_model.pt", "world_model")
+        path = self.products_dir / "world_model.pt"
+        ck = load_checkpoint(path, "world_model", ("ema_model",))
         model = self.new_world_model()
-        model.load_state_dict(ck["ema_model"])
+        with reading(path, "world_model"):
+            model.load_state_dict(ck["ema_model"])
         return model.eval()
 
     # -- stage: generation -----------------------------------------------------------------------
@@ -257,6 +386,12 @@ class Pipeline:
         # Scale for step_mse: predicting "nothing moves" (s_{t+1} = s_t) on the same starts.
         copy_mse = float(((s0 - s1) ** 2).mean())
         n_syn = len(syn["rewards"])
+        bad = nonfinite_tensors(syn)
+        if bad:
+            raise RunError(f"[generation] the synthetic '{bad[0]}' hold NaN or inf (not saved); "
+                           f"the world model or IDM made them: rerun in another --out with a "
+                           f"lower --set wm_lr=... (now {cfg.wm_lr:g}) or another --target-return "
+                           f"(now {cfg.resolved_target_return():g})")
         tmp = self.out / "synthetic.tmp.npz"
         np.savez(tmp, **syn)
         os.replace(tmp, self.out / "synthetic.npz")
@@ -307,9 +442,9 @@ class Pipeline:
                                       ds.next_observations, ds.terminals.astype(np.float32))
         syn = None
         if cfg.synthetic_ratio > 0:
-            with np.load(self.out / "synthetic.npz") as z:
-                syn = Transitions.from_numpy(z["observations"], z["actions"], z["rewards"],
-                                             z["next_observations"], z["terminals"])
+            z = load_arrays(self.products_dir / "synthetic.npz", "generation", SYNTHETIC_KEYS)
+            syn = Transitions.from_numpy(z["observations"], z["actions"], z["rewards"],
+                                         z["next_observations"], z["terminals"])
         mean, std = compute_obs_stats(ds.observations)
         fast = cfg.backend == "fast"
         if cfg.algo == "td3bc":
@@ -358,10 +493,13 @@ class Pipeline:
         ckpt_path = self.out / "rl_ckpt.pt"
         step, wall_before = 0, 0.0
         if ckpt_path.exists():
-            ck = load_checkpoint(ckpt_path, "rl")
-            agent.load_state_dict(ck["agent"])
-            sampler.load_state_dict(ck["sampler"])
-            step, wall_before = ck["step"], ck.get("wall_s", 0.0)
+            ck = load_checkpoint(ckpt_path, "rl", ("agent", "sampler", "step"))
+            with reading(ckpt_path, "rl"):
+                agent.load_state_dict(ck["agent"])
+                sampler.load_state_dict(ck["sampler"])
+                step, wall_before = int(ck["step"]), float(ck.get("wall_s", 0.0))
+                if not 0 <= step <= cfg.rl_steps:
+                    raise ValueError(f"update {step} is outside [0, {cfg.rl_steps}]")
             self.metrics.truncate_after("rl", step)
             print(f"[rl] resumed at update {step:,}", flush=True)
         path = getattr(agent, "path_description", "reference (eager PyTorch)")
@@ -371,33 +509,52 @@ class Pipeline:
         prog = Progress("rl", cfg.rl_steps, step, cfg.progress_every_s, unit="updates")
         t0, last_score = time.time(), float("nan")
         acc: dict[str, list] = {}
-        while step < cfg.rl_steps:
-            prev = step
-            if hasattr(agent, "update_from") and cfg.rl_steps - step >= agent.updates_per_call:
-                log, n = agent.update_from(sampler)   # fast path: a whole cadence per call
-            else:
-                log, n = agent.update(sampler.sample()), 1
-            step += n
-            crossed = lambda every: step // every != prev // every or step == cfg.rl_steps
-            for k, v in log.items():
-                acc.setdefault(k, []).append(v)
-            if crossed(1000):
-                self.metrics.log("rl", step, **{k: float(torch.stack(v).mean())
-                                                for k, v in acc.items()})
-                acc = {}
-            if crossed(cfg.eval_every):
-                ev = self.evaluate(agent, cfg.eval_episodes, seed=cfg.seed * 1000 + step)
-                last_score = ev["score_mean"]
-                self.metrics.log("rl", step, eval_score=ev["score_mean"],
-                                 eval_return=ev["return_mean"])
-                print(f"[rl] update {step:,}: normalized score {ev['score_mean']:.1f} ± "
-                      f"{ev['score_std']:.1f} (return {ev['return_mean']:.0f})", flush=True)
-            prog.update(step, score=last_score)
-            if crossed(cfg.rl_checkpoint_every):
-                atomic_torch_save({"agent": agent.state_dict(), "sampler": sampler.state_dict(),
-                                   "step": step, "wall_s": wall_before + time.time() - t0},
-                                  ckpt_path)
-        atomic_torch_save({"agent": agent.state_dict()}, self.out / "agent.pt")
+        lrs = [f.name for f in dataclasses.fields(getattr(cfg, cfg.algo)) if f.name.endswith("_lr")]
+
+        def check_finite(what: dict, step: int) -> None:
+            bad = nonfinite_tensors(what)
+            if bad:
+                raise RunError(f"[rl] {bad[0]} became NaN or inf by update {step} (not saved); "
+                               f"rerun in another --out with lower learning rates (" +
+                               ", ".join(f"--set {cfg.algo}.{k}=..., now "
+                                         f"{getattr(getattr(cfg, cfg.algo), k):g}" for k in lrs)
+                               + ")")
+
+        with deferred_stop():     # SIGINT/SIGTERM: checkpoint at the next update boundary, stop
+            while step < cfg.rl_steps:
+                prev = step
+                if hasattr(agent, "update_from") and cfg.rl_steps - step >= agent.updates_per_call:
+                    log, n = agent.update_from(sampler)   # fast path: a whole cadence per call
+                else:
+                    log, n = agent.update(sampler.sample()), 1
+                step += n
+                crossed = lambda every: step // every != prev // every or step == cfg.rl_steps
+                for k, v in log.items():
+                    acc.setdefault(k, []).append(v)
+                if crossed(1000):
+                    means = {k: float(torch.stack(v).mean()) for k, v in acc.items()}
+                    check_finite({f"the {k}": v for k, v in means.items()}, step)
+                    self.metrics.log("rl", step, **means)
+                    acc = {}
+                if crossed(cfg.eval_every):
+                    check_finite({"agent": agent.state_dict()}, step)
+                    ev = self.evaluate(agent, cfg.eval_episodes, seed=cfg.seed * 1000 + step)
+                    last_score = ev["score_mean"]
+                    self.metrics.log("rl", step, eval_score=ev["score_mean"],
+                                     eval_return=ev["return_mean"])
+                    print(f"[rl] update {step:,}: normalized score {ev['score_mean']:.1f} ± "
+                          f"{ev['score_std']:.1f} (return {ev['return_mean']:.0f})", flush=True)
+                prog.update(step, score=last_score)
+                if crossed(cfg.rl_checkpoint_every) or stop_requested():
+                    state = agent.state_dict()
+                    check_finite({"agent": state}, step)
+                    atomic_torch_save({"agent": state, "sampler": sampler.state_dict(),
+                                       "step": step, "wall_s": wall_before + time.time() - t0},
+                                      ckpt_path)
+                    raise_if_stopped()
+        state = agent.state_dict()
+        check_finite({"agent": state}, step)
+        atomic_torch_save({"agent": state}, self.out / "agent.pt")
         self._wall_before = {"rl": wall_before}
         return {"updates": step}
 
@@ -405,7 +562,10 @@ class Pipeline:
     def stage_evaluation(self) -> dict:
         cfg = self.cfg
         agent, _ = self._rl_setup()
-        agent.load_state_dict(load_checkpoint(self.out / "agent.pt", "rl")["agent"])
+        path = self.out / "agent.pt"
+        ck = load_checkpoint(path, "rl", ("agent",))
+        with reading(path, "rl"):
+            agent.load_state_dict(ck["agent"])
         ev = self.evaluate(agent, cfg.final_eval_episodes, seed=10_000_019 + cfg.seed)
         print(f"[evaluation] {cfg.final_eval_episodes} episodes on {self.dataset.eval_env_id}: "
               f"normalized score {ev['score_mean']:.1f} ± {ev['score_std']:.1f} "
@@ -439,11 +599,20 @@ class Pipeline:
             "synthetic_transitions": done["generation"].get("synthetic_transitions", 0),
             "generation_transitions_per_s": done["generation"].get("transitions_per_s"),
             "wall_time_s": {s: done[s]["wall_s"] for s in STAGES if s in done},
+            # what a report needs to tell runs of one setting from runs of another
+            "world_model_fingerprint": (world_model_fingerprint(cfg) if cfg.synthetic_ratio > 0
+                                        else None),
+            "world_model_dir": cfg.world_model_dir,
+            "shared_wall_time_s": {s: done[s]["shared_wall_s"] for s in WORLD_MODEL_STAGES
+                                   if "shared_wall_s" in done.get(s, {})},
+            "code": code_version(),
+            "config": cfg.to_dict(),
         }
         for k in ("dataset_score_mean", "dataset_score_std", "dataset_reference"):
             if k in ev:
                 res[k] = ev[k]
         write_json(self.out / "results.json", res)
         from dawm_fast.plots import write_plots
-        write_plots(self.out, self.metrics.read(), self.dataset, self.cfg.synthetic_ratio)
+        write_plots(self.out, self.metrics.read(), self.dataset, self.cfg.synthetic_ratio,
+                    self.products_dir / "synthetic.npz")
         return res

@@ -6,7 +6,8 @@ from pathlib import Path
 import numpy as np
 
 
-def write_plots(out: Path, rows: list[dict], dataset, synthetic_ratio: float) -> list[Path]:
+def write_plots(out: Path, rows: list[dict], dataset, synthetic_ratio: float,
+                synthetic_path: Path | None = None) -> list[Path]:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -39,10 +40,11 @@ def write_plots(out: Path, rows: list[dict], dataset, synthetic_ratio: float) ->
         ax.set_title("world-model training")
         ax.grid(alpha=0.3)
         written.append(_save(fig, plot_dir / "world_model_loss.png"))
-    syn_path = out / "synthetic.npz"
+    syn_path = synthetic_path or out / "synthetic.npz"
     if syn_path.exists():
-        with np.load(syn_path) as z:
-            syn_obs, syn_rew = z["observations"], z["rewards"]
+        from dawm_fast.run_io import load_arrays      # checked: one line naming a bad file
+        z = load_arrays(syn_path, "generation", ("observations", "rewards"))
+        syn_obs, syn_rew = z["observations"], z["rewards"]
         if len(syn_rew):
             n_dims = min(5, dataset.obs_dim)
             fig, axes = plt.subplots(1, n_dims + 1, figsize=(3 * (n_dims + 1), 3))

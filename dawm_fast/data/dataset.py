@@ -126,7 +126,23 @@ def subset_episodes(ds: OfflineDataset, max_transitions: int, seed: int) -> Offl
     order = np.random.default_rng(seed).permutation(len(ends))
     lengths = (ends - starts + 1)[order]
     n_keep = max(1, int(np.searchsorted(np.cumsum(lengths), max_transitions, side="right")))
-    chosen = np.sort(order[:n_keep])
+    return _keep_episodes(ds, np.sort(order[:n_keep]), starts, ends)
+
+
+def subset_episode_fraction(ds: OfflineDataset, fraction: float, seed: int) -> OfflineDataset:
+    """A seeded random `fraction` of the dataset's whole episodes (at least one), kept in their
+    original order: the little-data setting."""
+    if fraction >= 1.0:
+        return ds
+    ends = np.flatnonzero(ds.episode_ends)
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    n_keep = max(1, int(round(fraction * len(ends))))
+    chosen = np.sort(np.random.default_rng(seed).permutation(len(ends))[:n_keep])
+    return _keep_episodes(ds, chosen, starts, ends)
+
+
+def _keep_episodes(ds: OfflineDataset, chosen: np.ndarray, starts: np.ndarray,
+                   ends: np.ndarray) -> OfflineDataset:
     rows = np.concatenate([np.arange(starts[i], ends[i] + 1) for i in chosen])
     pick = lambda key: getattr(ds, key)[rows]
     # an episode that ended at the data's last row carries no flag there: mark it a timeout

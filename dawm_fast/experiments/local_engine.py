@@ -1,0 +1,111 @@
+"""The default engine: N local worker processes, world models before the runs that read them."""
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+from dawm_fast.experiments.grid import Job, JobOutcome, SweepSummary, error_line
+from dawm_fast.experiments.runner import BUSY_EXIT, start_job
+from dawm_fast.run_io import _fmt_s
+
+BUSY_RETRY_S = 10.0   # a job whose directory another process owns is retried after this
+
+
+def run_local(jobs: list[Job], sweep_dir: Path, workers: int, threads: int,
+              progress_every_s: float = 30.0) -> SweepSummary:
+    summary = SweepSummary()
+    outcomes = {}
+    pending = []
+    for job in jobs:
+        if job.finished(sweep_dir):
+            outcomes[job.name] = JobOutcome(job, "skipped")
+        else:
+            pending.append(job)
+    running: dict[str, tuple[Job, object, float]] = {}
+    retry_at: dict[str, float] = {}
+    stop = {"signal": None}
+
+    def on_signal(signum, _frame):
+        stop["signal"] = signum
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    t_start, t_print = time.time(), 0.0
+    n_total = len(pending)
+    print(f"[sweep] {len(jobs)} jobs: {len(jobs) - len(pending)} finished earlier, "
+          f"{len(pending)} to run on {workers} local worker(s)", flush=True)
+    try:
+        while (pending or running) and stop["signal"] is None:
+            for name, (job, proc, t0) in list(running.items()):
+                rc = proc.poll()
+                if rc is None:
+                    continue
+                del running[name]
+                if rc == BUSY_EXIT:
+                    retry_at[name] = time.time() + BUSY_RETRY_S
+                    pending.append(job)
+                    print(f"[sweep] {name}: its directory is in use by another process; "
+                          f"retrying in {BUSY_RETRY_S:.0f} s", flush=True)
+                elif rc == 0:
+                    outcomes[name] = JobOutcome(job, "done", time.time() - t0)
+                    print(f"[sweep] done {name} ({_fmt_s(time.time() - t0)})", flush=True)
+                else:
+                    err = error_line(sweep_dir / job.log_name)
+                    outcomes[name] = JobOutcome(job, "failed", time.time() - t0, err)
+                    print(f"[sweep] FAILED {name} (exit {rc}): {err}", flush=True)
+            # a run whose world model failed cannot run; it fails with that reason
+            for job in list(pending):
+                dep = outcomes.get(job.depends_on) if job.depends_on else None
+                if dep is not None and dep.status == "failed":
+                    pending.remove(job)
+                    outcomes[job.name] = JobOutcome(job, "failed",
+                                                    error=f"its world model {dep.job.name} "
+                                                          f"failed: {dep.error}")
+            now = time.time()
+            for job in list(pending):
+                if len(running) >= workers:
+                    break
+                dep_ok = job.depends_on is None or (
+                    job.depends_on in outcomes and outcomes[job.depends_on].status != "failed")
+                if not dep_ok or retry_at.get(job.name, 0) > now:
+                    continue
+                pending.remove(job)
+                running[job.name] = (job, start_job(job, sweep_dir, threads), now)
+            if now - t_print >= progress_every_s:
+                t_print = now
+                _print_progress(outcomes, running, n_total, len(jobs) - n_total, t_start)
+            time.sleep(0.2)
+        if stop["signal"] is not None:
+            _stop_running(running)
+            raise KeyboardInterrupt
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    summary.outcomes = [outcomes[j.name] for j in jobs if j.name in outcomes]
+    return summary
+
+
+def _stop_running(running: dict) -> None:
+    """Each run gets SIGTERM (it checkpoints and exits), then up to 60 s to do so."""
+    for _job, proc, _t0 in running.values():
+        proc.send_signal(signal.SIGTERM)
+    deadline = time.time() + 60
+    for _job, proc, _t0 in running.values():
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.time()))
+        except Exception:  # noqa: BLE001 - a run that will not stop is killed
+            proc.kill()
+
+
+def _print_progress(outcomes: dict, running: dict, n_total: int, n_skipped: int,
+                    t_start: float) -> None:
+    ran = [o for o in outcomes.values() if o.status != "skipped"]
+    n_done = len(ran)
+    elapsed = time.time() - t_start
+    eta = "?"
+    if n_done:
+        eta = _fmt_s(elapsed / n_done * (n_total - n_done))
+    failed = sum(o.status == "failed" for o in ran)
+    print(f"[sweep] {n_done}/{n_total} jobs ended ({failed} failed), {len(running)} running: "
+          f"{', '.join(sorted(running)) or '-'}  elapsed {_fmt_s(elapsed)}  ETA {eta}",
+          flush=True)

@@ -1,0 +1,345 @@
+"""A sweep's report from its runs' results.json and metrics.csv files only.
+
+Cells are (task, algo, arm); arm is "plain" for synthetic ratio 0, else "dawm". A cell whose runs
+disagree on a setting (preset, backend, any config field but the seed, or the code version) is
+refused: left out of every table and statistic, and listed with the difference. A DAWM/plain pair
+whose configs differ in more than the synthetic data is not compared.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from dawm_fast.experiments import stats
+
+ARM_ORDER = ("dawm", "plain")
+# Config fields that may differ between the seeds of one cell / the two arms of a pair.
+PER_RUN_FIELDS = ("seed", "world_model_dir", "device", "progress_every_s")
+PAIR_FIELDS = PER_RUN_FIELDS + ("synthetic_ratio",)
+
+
+class ReportError(ValueError):
+    """Nothing to report, or unreadable input: one line that says what to do."""
+
+
+@dataclass
+class Run:
+    path: Path
+    results: dict
+    evals: list[tuple[int, float]]      # (update, eval score) during RL
+
+    @property
+    def arm(self) -> str:
+        return "plain" if self.results.get("synthetic_ratio", 0) == 0 else "dawm"
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return self.results["env"], self.results["algo"], self.arm
+
+    @property
+    def final(self) -> float:
+        return float(self.results["final_score_mean"])
+
+    @property
+    def last3(self) -> float:
+        """Mean of the last three evaluations during training (less noisy than the final one)."""
+        if not self.evals:
+            return float("nan")
+        return float(np.mean([s for _, s in self.evals[-3:]]))
+
+    def settings(self, ignore=PER_RUN_FIELDS) -> dict:
+        """Everything that must agree across the runs of a cell: config (but per-run fields) and
+        the code version. Runs from before results.json carried its config give None."""
+        cfg = self.results.get("config")
+        if cfg is None:
+            return {"config": None}
+        cfg = {k: v for k, v in cfg.items() if k not in ignore}
+        return {"config": cfg, "code_version": (self.results.get("code") or {}).get("version")}
+
+    def describe(self) -> dict:
+        r = self.results
+        return {k: r.get(k) for k in ("dataset_source", "eval_env", "score_reference", "preset",
+                                      "backend")}
+
+
+def load_runs(root: Path) -> list[Run]:
+    runs = []
+    for res_path in sorted(root.rglob("results.json")):
+        try:
+            results = json.loads(res_path.read_text())
+            results["final_score_mean"], results["env"], results["algo"]
+        except (OSError, ValueError, KeyError) as e:
+            raise ReportError(f"{res_path} is not a readable dawm_fast results file "
+                              f"({type(e).__name__}); delete it or rerun that run") from None
+        runs.append(Run(res_path.parent, results, read_evals(res_path.parent / "metrics.csv")))
+    return runs
+
+
+def read_evals(path: Path) -> list[tuple[int, float]]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        rows = [(int(r["step"]), float(r["value"])) for r in csv.DictReader(f)
+                if r["stage"] == "rl" and r["metric"] == "eval_score"]
+    return sorted(rows)
+
+
+def _diff_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            keys += _diff_keys(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            keys.append(f"{prefix}{k}: {va!r} vs {vb!r}")
+    return keys
+
+
+@dataclass
+class Cell:
+    task: str
+    algo: str
+    arm: str
+    runs: list[Run]
+    refused: list[str] = field(default_factory=list)   # why, when its runs disagree
+
+    def by_seed(self, metric: str) -> dict[int, float]:
+        return {r.results["seed"]: getattr(r, metric) for r in self.runs}
+
+    def summary(self) -> dict:
+        fm, fs = stats.mean_std([r.final for r in self.runs])
+        lm, ls = stats.mean_std([r.last3 for r in self.runs])
+        first = self.runs[0]
+        commits = sorted({str((r.results.get("code") or {}).get("git_commit"))[:10]
+                          for r in self.runs})
+        return {"task": self.task, "algo": self.algo, "arm": self.arm, "n_seeds": len(self.runs),
+                "seeds": sorted(r.results["seed"] for r in self.runs),
+                "final_mean": fm, "final_std": fs, "last3_mean": lm, "last3_std": ls,
+                "settings_known": first.results.get("config") is not None,
+                "git_commits": commits, **first.describe()}
+
+
+def build_cells(runs: list[Run]) -> list[Cell]:
+    groups: dict[tuple, list[Run]] = {}
+    for r in runs:
+        groups.setdefault(r.key, []).append(r)
+    cells = []
+    for (task, algo, arm), members in sorted(groups.items()):
+        cell = Cell(task, algo, arm, sorted(members, key=lambda r: r.results["seed"]))
+        ref = cell.runs[0].settings()
+        for other in cell.runs[1:]:
+            diff = _diff_keys(ref, other.settings())
+            if diff:
+                cell.refused.append(f"{cell.runs[0].path.name} vs {other.path.name}: "
+                                    + "; ".join(diff[:4]))
+        seeds = [r.results["seed"] for r in cell.runs]
+        if len(set(seeds)) != len(seeds):
+            cell.refused.append(f"seed repeated: {sorted(seeds)}")
+        cells.append(cell)
+    return cells
+
+
+def compare_pairs(cells: list[Cell], reps: int) -> list[dict]:
+    """Per task x algo: DAWM - plain over the seeds both arms have (final and last-3)."""
+    ok = {(c.task, c.algo, c.arm): c for c in cells if not c.refused}
+    out = []
+    for (task, algo, arm), dawm in sorted(ok.items()):
+        plain = ok.get((task, algo, "plain"))
+        if arm != "dawm" or plain is None:
+            continue
+        row = {"task": task, "algo": algo}
+        diff = _diff_keys(dawm.runs[0].settings(PAIR_FIELDS), plain.runs[0].settings(PAIR_FIELDS))
+        if diff:
+            row["refused"] = "DAWM and plain runs differ in more than the synthetic data: " + \
+                "; ".join(diff[:4])
+            out.append(row)
+            continue
+        for metric in ("final", "last3"):
+            a, b = dawm.by_seed(metric), plain.by_seed(metric)
+            seeds = sorted(set(a) & set(b))
+            row[metric] = stats.paired_difference([a[s] for s in seeds], [b[s] for s in seeds],
+                                                  reps=reps)
+            row["seeds"] = seeds
+        out.append(row)
+    return out
+
+
+def aggregate(cells: list[Cell], reps: int) -> list[dict]:
+    """Per algo, across tasks that have both arms: the IQM of each arm with stratified-bootstrap
+    CIs, and the probability that DAWM improves on plain, with its CI."""
+    ok = {(c.task, c.algo, c.arm): c for c in cells if not c.refused}
+    out = []
+    for algo in sorted({c.algo for c in cells}):
+        tasks = sorted(t for (t, a, arm) in ok if a == algo and arm == "dawm"
+                       and (t, algo, "plain") in ok)
+        if not tasks:
+            continue
+        for metric in ("final", "last3"):
+            per_arm = {arm: [np.array([getattr(r, metric) for r in ok[(t, algo, arm)].runs])
+                             for t in tasks] for arm in ARM_ORDER}
+            row = {"algo": algo, "metric": metric, "tasks": tasks}
+            for arm in ARM_ORDER:
+                lo, hi = stats.stratified_bootstrap_ci(stats.iqm, per_arm[arm], reps=reps)
+                row[f"{arm}_iqm"] = stats.iqm(per_arm[arm])
+                row[f"{arm}_iqm_ci"] = [lo, hi]
+            poi = stats.probability_of_improvement(per_arm["dawm"], per_arm["plain"])
+            lo, hi = stats.stratified_bootstrap_ci(stats.probability_of_improvement,
+                                                   per_arm["dawm"], per_arm["plain"], reps=reps)
+            row["prob_improvement"], row["prob_improvement_ci"] = poi, [lo, hi]
+            out.append(row)
+    return out
+
+
+def make_report(root: Path, reps: int = stats.DEFAULT_REPS) -> dict:
+    if not root.is_dir():
+        raise ReportError(f"{root} is not a directory; give a sweep directory (python -m "
+                          f"dawm_fast.sweep ... --out DIR)")
+    runs = load_runs(root)
+    if not runs:
+        raise ReportError(f"{root} holds no finished run (no results.json under it); run the "
+                          f"sweep first, or wait for its first runs to finish")
+    cells = build_cells(runs)
+    report = {
+        "sweep_dir": str(root),
+        "n_runs": len(runs),
+        "cells": [{**c.summary(), "refused": c.refused} for c in cells],
+        "pairs": compare_pairs(cells, reps),
+        "aggregates": aggregate(cells, reps),
+        "std": "sample standard deviation over seeds (ddof 1)",
+        "ci": f"95% percentile bootstrap, {reps} resamples",
+    }
+    return report
+
+
+# -- writing ---------------------------------------------------------------------------------------
+def _pm(m: float, s: float) -> str:
+    if m != m:
+        return "—"
+    return f"{m:.1f}" if s != s else f"{m:.1f} ± {s:.1f}"
+
+
+def _ci(d: dict) -> str:
+    if d["ci_low"] != d["ci_low"]:
+        return f"{d['mean']:+.1f} (n={d['n']}, no CI)"
+    return f"{d['mean']:+.1f} [{d['ci_low']:+.1f}, {d['ci_high']:+.1f}]"
+
+
+def to_markdown(rep: dict, commands: list[str] | None = None) -> str:
+    lines = [f"# Sweep report: `{rep['sweep_dir']}`", ""]
+    if commands:
+        lines += ["Made by:", "", "```", *commands, "```", ""]
+    lines += [f"{rep['n_runs']} finished runs. Scores are D4RL-normalized. **final**: the final "
+              f"evaluation of each run; **last 3**: the mean of its last three evaluations during "
+              f"training. ± is the {rep['std']}; CIs are {rep['ci']}.", ""]
+    ok = [c for c in rep["cells"] if not c["refused"]]
+    lines += ["## Per task × algo × arm", "",
+              "| task | algo | arm | seeds | final | last 3 | data | eval env | reference | "
+              "preset | backend |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- "
+              "| --- |"]
+    for c in ok:
+        flag = "" if c["settings_known"] else " ⚑ settings not recorded"
+        if len(c["git_commits"]) > 1:
+            flag += f" ⚑ {len(c['git_commits'])} commits"
+        lines.append(f"| {c['task']} | {c['algo']} | {c['arm']}{flag} | {c['n_seeds']} | "
+                     f"{_pm(c['final_mean'], c['final_std'])} | "
+                     f"{_pm(c['last3_mean'], c['last3_std'])} | {c['dataset_source']} | "
+                     f"{c['eval_env']} | {c['score_reference']} | {c['preset']} | "
+                     f"{c['backend']} |")
+    refused = [c for c in rep["cells"] if c["refused"]]
+    if refused:
+        lines += ["", "## Refused cells (runs of different settings; left out of every statistic)",
+                  ""]
+        lines += [f"- {c['task']} {c['algo']} {c['arm']}: {'; '.join(c['refused'])}"
+                  for c in refused]
+    if rep["pairs"]:
+        lines += ["", "## DAWM − plain, paired over seeds (95% bootstrap CI)", "",
+                  "| task | algo | seeds | final | last 3 |", "| --- | --- | --- | --- | --- |"]
+        for p in rep["pairs"]:
+            if "refused" in p:
+                lines.append(f"| {p['task']} | {p['algo']} | — | {p['refused']} | |")
+            else:
+                lines.append(f"| {p['task']} | {p['algo']} | {len(p['seeds'])} | "
+                             f"{_ci(p['final'])} | {_ci(p['last3'])} |")
+    if rep["aggregates"]:
+        lines += ["", "## Across tasks (IQM and probability of improvement, stratified "
+                      "bootstrap 95% CIs; Agarwal et al. 2021)", "",
+                  "| algo | metric | tasks | IQM DAWM | IQM plain | P(DAWM > plain) |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for a in rep["aggregates"]:
+            lines.append(
+                f"| {a['algo']} | {a['metric']} | {len(a['tasks'])} | {a['dawm_iqm']:.1f} "
+                f"[{a['dawm_iqm_ci'][0]:.1f}, {a['dawm_iqm_ci'][1]:.1f}] | {a['plain_iqm']:.1f} "
+                f"[{a['plain_iqm_ci'][0]:.1f}, {a['plain_iqm_ci'][1]:.1f}] | "
+                f"{a['prob_improvement']:.2f} [{a['prob_improvement_ci'][0]:.2f}, "
+                f"{a['prob_improvement_ci'][1]:.2f}] |")
+    lines += ["", "Plots: `plots/curves_<task>.png` (mean eval score with a ± std band over "
+                  "seeds), `plots/aggregates.png`.", ""]
+    return "\n".join(lines)
+
+
+def write_plots(rep: dict, runs: list[Run], plot_dir: Path) -> list[Path]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    ok = {(c["task"], c["algo"], c["arm"]) for c in rep["cells"] if not c["refused"]}
+    for task in sorted({k[0] for k in ok}):
+        algos = sorted({k[1] for k in ok if k[0] == task})
+        fig, axes = plt.subplots(1, len(algos), figsize=(5 * len(algos), 3.6), squeeze=False)
+        for ax, algo in zip(axes[0], algos):
+            for arm, color in zip(ARM_ORDER, ("tab:blue", "tab:gray")):
+                curves = [dict(r.evals) for r in runs if r.key == (task, algo, arm)]
+                if (task, algo, arm) not in ok or not curves:
+                    continue
+                steps = sorted(set.intersection(*(set(c) for c in curves)))
+                if not steps:
+                    continue
+                y = np.array([[c[s] for s in steps] for c in curves])
+                m, sd = y.mean(0), y.std(0, ddof=1) if len(y) > 1 else np.zeros(len(steps))
+                ax.plot(steps, m, color=color, label=f"{arm} ({len(curves)} seeds)")
+                ax.fill_between(steps, m - sd, m + sd, color=color, alpha=0.2)
+            ax.set_title(f"{task} {algo}")
+            ax.set_xlabel("RL updates")
+            ax.set_ylabel("normalized score")
+            ax.grid(alpha=0.3)
+            ax.legend()
+        fig.tight_layout()
+        path = plot_dir / f"curves_{task}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    if rep["aggregates"]:
+        rows = rep["aggregates"]
+        fig, ax = plt.subplots(figsize=(1.6 * len(rows) + 2, 3.6))
+        x = np.arange(len(rows))
+        for i, (arm, color) in enumerate(zip(ARM_ORDER, ("tab:blue", "tab:gray"))):
+            vals = np.array([r[f"{arm}_iqm"] for r in rows])
+            ci = np.array([r[f"{arm}_iqm_ci"] for r in rows]).T
+            ax.bar(x + (i - 0.5) * 0.38, vals, 0.38, color=color, label=arm,
+                   yerr=np.abs(ci - vals), capsize=3)
+        ax.set_xticks(x, [f"{r['algo']}\n{r['metric']}" for r in rows])
+        ax.set_ylabel("IQM normalized score (95% CI)")
+        ax.legend()
+        ax.grid(alpha=0.3, axis="y")
+        fig.tight_layout()
+        path = plot_dir / "aggregates.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def write_report(root: Path, reps: int = stats.DEFAULT_REPS,
+                 commands: list[str] | None = None) -> dict:
+    rep = make_report(root, reps)
+    from dawm_fast.run_io import atomic_write_text, write_json
+    write_json(root / "report.json", rep)
+    atomic_write_text(root / "report.md", to_markdown(rep, commands))
+    write_plots(rep, load_runs(root), root / "plots")
+    return rep

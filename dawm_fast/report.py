@@ -1,0 +1,37 @@
+"""`python -m dawm_fast.report SWEEP_DIR`: report.md, report.json and plots/*.png for a sweep.
+
+Reads only the runs' results.json and metrics.csv: per task x algo x arm the mean ± std over seeds
+of the final score and of the mean of the last three evaluations; per task x algo the paired
+difference DAWM - plain with a 95% bootstrap CI; across tasks the IQM and the probability of
+improvement with stratified-bootstrap CIs. Cells whose runs mix settings are refused and listed.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from dawm_fast.experiments.report import ReportError, write_report
+from dawm_fast.run_io import die
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m dawm_fast.report", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("sweep_dir", type=Path)
+    p.add_argument("--reps", type=int, default=10_000, help="bootstrap resamples")
+    p.add_argument("--command", action="append", default=[],
+                   help="the command(s) that made the sweep, quoted in report.md")
+    args = p.parse_args(argv)
+    try:
+        rep = write_report(args.sweep_dir, args.reps, args.command)
+    except ReportError as e:
+        die(str(e))
+    n_ok = sum(not c["refused"] for c in rep["cells"])
+    print(f"report: {rep['n_runs']} runs in {n_ok} cells ({len(rep['cells']) - n_ok} refused); "
+          f"{args.sweep_dir / 'report.md'}, report.json, plots/", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

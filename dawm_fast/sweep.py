@@ -1,0 +1,162 @@
+"""`python -m dawm_fast.sweep`: a grid of DAWM and plain runs, one shared world model per
+(task, seed, world-model settings), on local worker processes or a Ray cluster. Re-running the
+same command skips finished runs and resumes unfinished ones.
+
+    python -m dawm_fast.sweep --envs hopper-medium-replay,walker2d-medium-replay \\
+        --algos td3bc,iql --arms dawm,plain --seeds 0,1,2 --preset cpu --workers 2 --out sweeps/mr
+    python -m dawm_fast.report sweeps/mr
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from dawm_fast.experiments.grid import (ARMS, GridError, Job, SweepSettings, check_settings,
+                                        expand_tasks, plan)
+from dawm_fast.run_io import _fmt_s, die
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m dawm_fast.sweep", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--envs", required=True,
+                   help="comma-separated task names, or 'locomotion' for the nine D4RL tasks")
+    p.add_argument("--algos", default="td3bc,iql", help="comma-separated: td3bc, iql")
+    p.add_argument("--arms", default="dawm,plain",
+                   help=f"comma-separated: {', '.join(ARMS)} (plain = --synthetic-ratio 0)")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated integers, or a range 0-4")
+    p.add_argument("--preset", default=None,
+                   help="smoke | cpu | paper (default: paper with a GPU, cpu without)")
+    p.add_argument("--backend", default="reference", help="reference | fast, for every run")
+    p.add_argument("--device", default=None, help="torch device for every run")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a config override passed to every run (e.g. synthetic_ratio=0.25)")
+    p.add_argument("--out", type=Path, required=True, help="the sweep directory")
+    p.add_argument("--engine", default="local", choices=("local", "ray"))
+    p.add_argument("--workers", type=int, default=1, help="local engine: parallel runs")
+    p.add_argument("--threads-per-worker", type=int, default=1,
+                   help="torch threads per run (default 1: two threads per process on busy "
+                        "cores ran many times slower than one)")
+    p.add_argument("--address", default=None,
+                   help="ray engine: the cluster address (default: start a local Ray)")
+    p.add_argument("--cpus-per-run", type=float, default=None,
+                   help="ray engine: CPUs a run reserves (default: --threads-per-worker)")
+    p.add_argument("--gpus-per-run", type=float, default=0.0,
+                   help="ray engine: GPUs a run reserves (fractions share a GPU)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan and its estimated time; run nothing")
+    p.add_argument("--force", action="store_true",
+                   help="add runs to a sweep directory made with other settings")
+    return p.parse_args(argv)
+
+
+def _split(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def parse_seeds(text: str) -> list[int]:
+    seeds: list[int] = []
+    try:
+        for part in _split(text):
+            lo, sep, hi = part.partition("-")
+            seeds += list(range(int(lo), int(hi) + 1)) if sep and lo else [int(part)]
+    except ValueError:
+        raise GridError(f"--seeds {text!r}: expected integers like 0,1,2 or a range 0-4") \
+            from None
+    return sorted(set(seeds))
+
+
+def world_model_fingerprint_of(train_args: list[str]) -> str:
+    """The fingerprint the train CLI's own config gives these arguments (bad ones stop here,
+    with the CLI's one-line error)."""
+    from dawm_fast import train
+    from dawm_fast.config import world_model_fingerprint
+
+    return world_model_fingerprint(train.build_config(train.parse_args(train_args)))
+
+
+def measured_minutes(jobs: list[Job], sweep_dir: Path) -> dict[str, float]:
+    """Mean measured minutes per job kind ("wm", "td3bc", "iql") over this sweep's finished jobs."""
+    times: dict[str, list[float]] = {}
+    for job in jobs:
+        run = sweep_dir / job.name
+        try:
+            if job.kind == "wm":
+                done = json.loads((run / "progress.json").read_text())["done"]
+                wall = sum(v.get("wall_s", 0.0) for v in done.values())
+            else:
+                wall = sum(json.loads((run / "results.json").read_text())["wall_time_s"].values())
+        except (OSError, ValueError, KeyError):
+            continue
+        times.setdefault(job.kind if job.kind == "wm" else job.algo, []).append(wall / 60)
+    return {k: sum(v) / len(v) for k, v in times.items()}
+
+
+def print_plan(jobs: list[Job], sweep_dir: Path, preset: str, workers: int) -> None:
+    measured = measured_minutes(jobs, sweep_dir)
+    todo = [j for j in jobs if not j.finished(sweep_dir)]
+    minutes = {j.name: measured.get(j.kind if j.kind == "wm" else j.algo,
+                                    j.estimated_minutes(preset)) for j in jobs}
+    for j in jobs:
+        state = "finished" if j not in todo else f"~{minutes[j.name]:.0f} min"
+        dep = f"  (reads {j.depends_on})" if j.depends_on else ""
+        print(f"  {j.name:<58} {state}{dep}")
+    total = sum(minutes[j.name] for j in todo)
+    # the grid cannot finish before its longest chain: a world model, then one run that reads it
+    chain = max((minutes[j.name] + (minutes[j.depends_on] if j.depends_on in
+                                    {t.name for t in todo} else 0)) for j in todo) if todo else 0
+    wall = max(total / max(workers, 1), chain)
+    n_wm = sum(j.kind == "wm" for j in jobs)
+    source = "measured in this sweep" if measured else "per-preset estimates"
+    print(f"[sweep] plan: {len(jobs)} jobs ({n_wm} world models, {len(jobs) - n_wm} RL runs), "
+          f"{len(jobs) - len(todo)} finished; to run: {len(todo)} jobs, ~{total:.0f} "
+          f"worker-minutes, ~{_fmt_s(wall * 60)} on {workers} worker(s) ({source})", flush=True)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.workers < 1 or args.threads_per_worker < 1:
+        die("--workers and --threads-per-worker must be at least 1")
+    try:
+        tasks = expand_tasks(_split(args.envs))
+        algos, arms, seeds = _split(args.algos), _split(args.arms), parse_seeds(args.seeds)
+        import torch
+        preset = args.preset or ("paper" if (args.device or "").startswith("cuda") or (
+            args.device is None and torch.cuda.is_available()) else "cpu")
+        settings = SweepSettings(preset=preset, backend=args.backend, device=args.device,
+                                 overrides=tuple(args.set))
+        jobs = plan(tasks, algos, arms, seeds, settings, world_model_fingerprint_of)
+        out = args.out
+        if args.dry_run:
+            print_plan(jobs, out, preset, args.workers if args.engine == "local" else 1)
+            return 0
+        check_settings(out, settings, args.force)
+        print_plan(jobs, out, preset, args.workers if args.engine == "local" else 1)
+        if args.engine == "ray":
+            from dawm_fast.experiments.ray_engine import run_ray
+            summary = run_ray(jobs, out, args.threads_per_worker, args.address,
+                              args.cpus_per_run or args.threads_per_worker, args.gpus_per_run)
+        else:
+            from dawm_fast.experiments.local_engine import run_local
+            summary = run_local(jobs, out, args.workers, args.threads_per_worker)
+    except GridError as e:
+        die(str(e))
+    except KeyboardInterrupt:
+        print(f"\n[sweep] stopped: running jobs were checkpointed; rerun the same command to "
+              f"resume {args.out}", file=sys.stderr, flush=True)
+        return 130
+    counts = summary.counts()
+    failed = [o for o in summary.outcomes if o.status == "failed"]
+    print(f"[sweep] finished: {counts.get('done', 0)} ran, {counts.get('skipped', 0)} finished "
+          f"earlier, {len(failed)} failed", flush=True)
+    for o in failed:
+        print(f"[sweep] failed {o.job.name}: {o.error} (log: {args.out / o.job.log_name})",
+              flush=True)
+    print(f"[sweep] report: python -m dawm_fast.report {args.out}", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
