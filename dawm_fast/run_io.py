@@ -1,13 +1,19 @@
-"""Run-directory plumbing: atomic writes, checkpoints with clear errors, metrics CSV, progress."""
+"""Run-directory plumbing: atomic writes, checkpoints and files checked where they are read (a
+failure is one line naming the file), metrics CSV, progress, stop signals."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+import math
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 
@@ -31,13 +37,70 @@ def atomic_torch_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: Path, stage: str):
+def _corrupt(path: Path, stage: str, why: str) -> RunError:
+    return RunError(f"{path} (stage '{stage}') is corrupt or unreadable ({why}); delete that "
+                    f"file to redo the stage from its last good point, or use another --out")
+
+
+@contextlib.contextmanager
+def reading(path: Path, stage: str):
+    """Whatever goes wrong while a file's contents are read or loaded into a model (a truncated
+    zip, a missing key, a shape that does not fit) becomes one line naming the file."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        yield
+    except RunError:
+        raise
     except Exception as e:
-        raise RunError(f"checkpoint {path} of stage '{stage}' is corrupt or unreadable "
-                       f"({type(e).__name__}); delete that file to redo the stage from its last "
-                       f"good point, or use another --out") from None
+        detail = str(e).splitlines()[0][:120] if str(e) else ""
+        raise _corrupt(path, stage, f"{type(e).__name__}{': ' + detail if detail else ''}") \
+            from None
+
+
+def load_checkpoint(path: Path, stage: str, keys: tuple[str, ...] = ()):
+    """A checkpoint dict holding `keys`, with every float tensor finite."""
+    with reading(path, stage):
+        ck = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(ck, dict) or any(k not in ck for k in keys):
+        raise _corrupt(path, stage, f"expected the keys {', '.join(keys)}")
+    bad = nonfinite_tensors(ck)
+    if bad:
+        raise _corrupt(path, stage, f"NaN or inf in {bad[0]}")
+    return ck
+
+
+def nonfinite_tensors(obj, prefix: str = "") -> list[str]:
+    """Names of the float tensors / arrays / numbers in a nested dict or list that hold NaN or
+    inf (empty when all is finite)."""
+    if isinstance(obj, dict):
+        return [n for k, v in obj.items() for n in nonfinite_tensors(v, f"{prefix}{k}.")]
+    if isinstance(obj, (list, tuple)):
+        return [n for i, v in enumerate(obj) for n in nonfinite_tensors(v, f"{prefix}{i}.")]
+    name = prefix.rstrip(".") or "value"
+    if isinstance(obj, torch.Tensor):
+        return [name] if obj.is_floating_point() and not bool(torch.isfinite(obj).all()) else []
+    if isinstance(obj, np.ndarray):
+        return [name] if obj.dtype.kind == "f" and not np.isfinite(obj).all() else []
+    if isinstance(obj, float):
+        return [] if math.isfinite(obj) else [name]
+    return []
+
+
+def load_arrays(path: Path, stage: str, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """An .npz file's arrays `keys`: present, of one length, finite (else one line naming it)."""
+    with reading(path, stage):
+        with np.load(path, allow_pickle=False) as z:
+            missing = [k for k in keys if k not in z.files]
+            if missing:
+                raise _corrupt(path, stage, f"no '{missing[0]}' array")
+            arrays = {k: z[k] for k in keys}
+    lengths = {k: len(v) for k, v in arrays.items()}
+    if len(set(lengths.values())) > 1:
+        raise _corrupt(path, stage, "arrays of different lengths: " +
+                       ", ".join(f"{k} {n}" for k, n in lengths.items()))
+    bad = nonfinite_tensors(arrays)
+    if bad:
+        raise _corrupt(path, stage, f"NaN or inf in '{bad[0]}'")
+    return arrays
 
 
 class MetricsLog:
@@ -51,6 +114,32 @@ class MetricsLog:
         if not path.exists():
             with open(path, "w", newline="") as f:
                 csv.writer(f).writerow(self.FIELDS)
+        else:
+            self._repair()
+
+    def _repair(self) -> None:
+        """A run stopped mid-write leaves a last line without its newline: drop it (it is
+        logged again when its step is redone). Anything else that does not parse is reported."""
+        text = self.path.read_text(errors="replace")
+        header = ",".join(self.FIELDS)
+        if header.startswith(text.strip()):              # empty, or cut inside the header
+            atomic_write_text(self.path, header + "\n")
+            return
+        complete = text[:text.rfind("\n") + 1]
+        for i, line in enumerate(complete.splitlines()):
+            fields = line.split(",")
+            ok = (line == header) if i == 0 else len(fields) == len(self.FIELDS)
+            if ok and i > 0:
+                try:
+                    int(fields[1]), float(fields[2]), float(fields[4])
+                except ValueError:
+                    ok = False
+            if not ok:
+                raise RunError(f"{self.path} is corrupt at line {i + 1}; delete that file (the "
+                               f"numbers logged so far are lost, the run is not) or use another "
+                               f"--out")
+        if complete != text:
+            atomic_write_text(self.path, complete)
 
     def log(self, stage: str, step: int, **metrics) -> None:
         wall = round(time.time() - self.t0, 2)
@@ -122,3 +211,66 @@ def _json_default(o):
 def die(msg: str, code: int = 2) -> None:
     print(f"error: {msg}", file=sys.stderr, flush=True)
     raise SystemExit(code)
+
+
+# -- stop signals ----------------------------------------------------------------------------------
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped the run; `signum` says which (exit code 128 + signum)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_stop = {"deferring": 0, "pending": None}
+
+
+def _on_stop_signal(signum, frame) -> None:
+    # Outside a training loop's steps: stop at once (every write is atomic, so no file is left
+    # half written). Inside: note it; the loop checkpoints and stops at its next step boundary.
+    # A second signal while one is pending stops at once.
+    if _stop["deferring"] and _stop["pending"] is None:
+        _stop["pending"] = signum
+    else:
+        raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def stop_signals():
+    """Within the block SIGINT and SIGTERM are handled alike (Interrupted); the previous handlers
+    come back after it. Off the main thread, where Python cannot set handlers, it does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {s: signal.signal(s, _on_stop_signal) for s in _STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        _stop["pending"] = None
+
+
+@contextlib.contextmanager
+def deferred_stop():
+    """A training loop: a stop signal is held until the loop asks `stop_requested()` at a step
+    boundary, where it writes a checkpoint and calls `raise_if_stopped()`. One still pending
+    when the block ends stops the run there."""
+    _stop["deferring"] += 1
+    try:
+        yield
+    finally:
+        _stop["deferring"] -= 1
+    raise_if_stopped()
+
+
+def stop_requested() -> bool:
+    return _stop["pending"] is not None
+
+
+def raise_if_stopped() -> None:
+    signum = _stop["pending"]
+    if signum is not None:
+        _stop["pending"] = None
+        raise Interrupted(signum)

@@ -9,15 +9,19 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
+import signal
 import sys
 from pathlib import Path
 
 import torch
 
-from dawm_fast.config import (ALGOS, BACKENDS, PRESETS, STATE_NORMALIZERS, config_from_dict,
-                              preset_config, with_state_normalizer)
+from dawm_fast.config import (ALGOS, BACKENDS, PRESETS, STATE_NORMALIZERS, apply_overrides,
+                              config_from_dict, config_problems, preset_config,
+                              with_state_normalizer)
 from dawm_fast.data import SOURCES, TASK_NAMES, DatasetError, UnknownTaskError
-from dawm_fast.run_io import RunError, die
+from dawm_fast.run_io import RunError, die, stop_signals
+from dawm_fast.run_lock import BUSY_EXIT_CODE, LOCK_NAME, RunDirBusy, run_dir_lock
 from dawm_fast.rl.buffer import MixedSampler
 from dawm_fast.world_model.scheduler import PREDICTION_TYPES
 
@@ -64,6 +68,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--generated-first-reward", action="store_true",
                    help="keep the world model's step-0 reward instead of the dataset's r_t (the "
                         "first transition's (s_t, a_t) is real, so by default its reward is too)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="set any config field (dotted for nested ones), e.g. --set "
+                        "synthetic_ratio=0.25 --set td3bc.alpha=2.5; repeatable; applied last")
+    p.add_argument("--world-model-dir", default=None,
+                   help="read the idm / world-model / generation products from this run "
+                        "directory (same task, seed and world-model settings) instead of "
+                        "training them; a sweep shares one world model this way")
     return p.parse_args(argv)
 
 
@@ -108,21 +119,58 @@ def build_config(args: argparse.Namespace):
     if args.bf16:
         cfg.wm_bf16 = True
         cfg.sampling = dataclasses.replace(cfg.sampling, bf16=True)
+    try:
+        cfg = apply_overrides(cfg, args.set)
+    except ValueError as e:
+        die(str(e))
+    if args.world_model_dir is not None:
+        cfg.world_model_dir = args.world_model_dir
     return cfg
+
+
+# config fields the user sets with a flag of their own (any other one: --set FIELD=VALUE)
+_FLAGS = {"seed": "--seed", "rl_steps": "--rl-steps", "wm_steps": "--wm-steps",
+          "target_return": "--target-return", "synthetic_ratio": "--synthetic-ratio"}
+
+
+def check_values(args: argparse.Namespace, cfg) -> None:
+    """Refuse non-finite and out-of-range values before anything is written."""
+    problems = config_problems(cfg, lambda f: _FLAGS.get(f, f"--set {f}=..."))
+    if args.threads is not None and args.threads < 1:
+        problems.insert(0, f"--threads must be at least 1, got {args.threads}")
+    if problems:
+        die("; ".join(problems))
+
+
+def prepare_out_dir(out: Path) -> None:
+    """--out must be (or become) a directory this user can write."""
+    if out.exists() and not out.is_dir():
+        die(f"--out {out} is a file, not a directory; choose a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        die(f"--out {out} cannot be created ({e.strerror or type(e).__name__}"
+            f"{': ' + str(e.filename) if e.filename else ''}); choose a writable place")
+    if not os.access(out, os.W_OK | os.X_OK):
+        die(f"--out {out} is not writable by this user; choose a writable place")
 
 
 def check_out_dir(out: Path, cfg) -> None:
     """An --out dir holds one run: resuming needs the same settings, other files are not ours."""
-    if not out.exists() or not any(out.iterdir()):
+    if not any(p.name != LOCK_NAME for p in out.iterdir()):
         return
     saved = out / "config.json"
     if not saved.exists():
+        if (out / "progress.json").exists():
+            die(f"{saved} is missing, so the settings of the run in {out} are unknown; choose "
+                f"another --out (or delete {out} to start over)")
         die(f"--out {out} is not empty and holds no dawm_fast run; choose an empty or new "
             f"directory")
     try:
         old = config_from_dict(json.loads(saved.read_text()))
-    except (ValueError, TypeError) as e:
-        die(f"{saved} is corrupt ({e}); choose another --out or delete {out}")
+    except Exception as e:
+        die(f"{saved} is corrupt ({type(e).__name__}: {str(e)[:100]}); choose another --out or "
+            f"delete {out}")
     old_d, new_d = old.to_dict(), cfg.to_dict()
     old_d.pop("device", None), new_d.pop("device", None)
     diff = [k for k in new_d if old_d.get(k) != new_d[k]]
@@ -135,17 +183,32 @@ def check_out_dir(out: Path, cfg) -> None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     cfg = build_config(args)
+    check_values(args, cfg)
+    from dawm_fast.pipeline import STAGES
+    from dawm_fast.sampling import available_backends
+
+    if args.until is not None and args.until not in STAGES:
+        die(f"unknown --until {args.until!r}; valid: {', '.join(STAGES)}")
+    if cfg.backend not in available_backends():
+        die(f"--backend {cfg.backend} is not available in this installation (available: "
+            f"{', '.join(available_backends())}); use --backend reference")
     if args.threads:
         torch.set_num_threads(args.threads)
     out = args.out or Path("runs") / (f"{cfg.env}_{cfg.algo}_{cfg.preset}_ratio"
                                       f"{cfg.synthetic_ratio:g}_seed{cfg.seed}")
-    check_out_dir(out, cfg)
-    from dawm_fast.pipeline import STAGES, Pipeline
-    from dawm_fast.sampling import available_backends
+    prepare_out_dir(out)
+    # One owner per run directory, from before anything is written into it to the end.
+    try:
+        with run_dir_lock(out), stop_signals():
+            return _run(args, cfg, out)
+    except RunDirBusy as e:
+        die(str(e), BUSY_EXIT_CODE)
 
-    if cfg.backend not in available_backends():
-        die(f"--backend {cfg.backend} is not available in this installation (available: "
-            f"{', '.join(available_backends())}); use --backend reference")
+
+def _run(args: argparse.Namespace, cfg, out: Path) -> int:
+    from dawm_fast.pipeline import Pipeline
+
+    check_out_dir(out, cfg)
     print(f"dawm_fast | env {cfg.env} | algo {cfg.algo} | preset {cfg.preset} | seed {cfg.seed} | "
           f"backend {cfg.backend} | device {cfg.device} ({torch.get_num_threads()} CPU threads) | "
           f"data source {cfg.data_source} | synthetic ratio {cfg.synthetic_ratio} | out {out}",
@@ -153,16 +216,16 @@ def main(argv=None) -> int:
     if cfg.wm_bf16 and not cfg.device.startswith("cuda"):
         print("note: --bf16 on a CPU runs, but slower than fp32 on CPUs without bf16 matrix units; "
               "it is meant for GPUs", flush=True)
-    if args.until is not None and args.until not in STAGES:
-        die(f"unknown --until {args.until!r}; valid: {', '.join(STAGES)}")
     try:
         res = Pipeline(cfg, out).run(until=args.until)
     except (RunError, DatasetError, UnknownTaskError) as e:
         die(str(e))
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: nothing finished is lost; rerun the same command to resume from "
-              f"the last checkpoint in {out}", file=sys.stderr, flush=True)
-        return 130
+    except KeyboardInterrupt as e:     # SIGINT or SIGTERM (Interrupted), alike
+        signum = getattr(e, "signum", signal.SIGINT)
+        print(f"\ninterrupted ({signal.Signals(signum).name}): nothing finished is lost; rerun the "
+              f"same command to resume from the last checkpoint in {out}", file=sys.stderr,
+              flush=True)
+        return 128 + signum
     if res is None:
         print(f"stopped after stage {args.until}; rerun without --until to continue in {out}",
               flush=True)

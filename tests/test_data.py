@@ -66,26 +66,34 @@ def test_minari_dataset_written_with_minaris_api_loads(minari_store, rng):
 
 def test_a_dataset_written_meanwhile_by_another_process_is_kept(minari_store, rng, monkeypatch):
     """Two runs generating the same embedded dataset at once: the one that finishes second keeps
-    the first one's dataset instead of failing on the move into place."""
+    the first one's dataset instead of failing on the move into place. The rival's dataset is
+    written by Minari's own writer, so the check sees Minari's real layout."""
     import contextlib
+
+    import minari
+    from minari.data_collector import EpisodeBuffer
 
     from dawm_fast.data import minari_store as ms
     dataset_id = "dawm_fast/walker2d/medium-v0"
     final = ms.dataset_dir(dataset_id)
     real_store_at = ms._minari_store_at
+    theirs = random_episodes(rng, 2, 17, 6)
 
     @contextlib.contextmanager
     def store_then_rival_finishes(path):
         with real_store_at(path):
             yield
-        final.mkdir(parents=True)                    # the other process's finished dataset
-        (final / "metadata.json").write_text("{}")
-        (final / "theirs").write_text("x")
+        # the other process finishes first, into the real store
+        minari.create_dataset_from_buffers(
+            dataset_id, [EpisodeBuffer(id=i, **e) for i, e in enumerate(theirs)],
+            env="Walker2d-v5", algorithm_name="rival", data_format="hdf5")
 
     monkeypatch.setattr(ms, "_minari_store_at", store_then_rival_finishes)
     ms.write_minari(dataset_id, random_episodes(rng, 3, 17, 6), "Walker2d-v5", ref_min_score=0.0,
                     ref_max_score=1.0, description="test", algorithm_name="test")
-    assert (final / "theirs").exists()
+    assert ms.is_local(dataset_id)
+    kept = minari.load_dataset(dataset_id)
+    assert kept.total_episodes == len(theirs)                  # theirs, whole
     assert not list(ms.store_root().glob(".dawm_tmp_*"))      # our copy is cleaned up
 
 

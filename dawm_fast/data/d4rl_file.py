@@ -34,6 +34,24 @@ def read_d4rl_hdf5(path: str | Path, name: str, eval_env_id: str, obs_dim: int,
             nxt = f["next_observations"][()] if "next_observations" in f else None
         except OSError as e:
             raise DatasetError(f"D4RL file {path} is truncated or corrupt ({e}); download it again")
+    # Every key: numbers, one row per observation (checked before any of them is used).
+    n = len(data["observations"]) if np.ndim(data["observations"]) else 0
+    if n == 0:
+        raise DatasetError(f"D4RL file {path}: 'observations' holds no rows; download it again")
+    keyed = {**data, "timeouts": timeouts, "next_observations": nxt}
+    for k, v in keyed.items():
+        if v is None:
+            continue
+        v = np.asarray(v)
+        if v.dtype.kind not in "fiub":
+            raise DatasetError(f"D4RL file {path}: '{k}' holds {v.dtype} values, not numbers; "
+                               f"the file is not a D4RL dataset")
+        if v.ndim == 0 or len(v) != n:
+            raise DatasetError(f"D4RL file {path}: '{k}' has {len(v) if v.ndim else 0} rows, "
+                               f"'observations' {n}; the file is inconsistent, download it again")
+        if k not in ("observations", "actions", "next_observations") and v.ndim != 1 and \
+                v.size != n:
+            raise DatasetError(f"D4RL file {path}: '{k}' has shape {v.shape}, expected [{n}]")
     obs = np.asarray(data["observations"], np.float32)
     act = np.asarray(data["actions"], np.float32)
     n = len(obs)
@@ -43,10 +61,6 @@ def read_d4rl_hdf5(path: str | Path, name: str, eval_env_id: str, obs_dim: int,
     if act.ndim != 2 or act.shape[1] != act_dim:
         raise DatasetError(f"D4RL file {path}: actions have shape {act.shape}, expected "
                            f"[N, {act_dim}] for {name}")
-    for k in ("rewards", "terminals"):
-        if len(data[k]) != n:
-            raise DatasetError(f"D4RL file {path}: '{k}' has {len(data[k])} rows, observations "
-                               f"{n}; the file is inconsistent")
     rew = np.asarray(data["rewards"], np.float32).reshape(n)
     term = np.asarray(data["terminals"], bool).reshape(n)
     tout = np.zeros(n, bool) if timeouts is None else np.asarray(timeouts, bool).reshape(n)

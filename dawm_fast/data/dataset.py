@@ -81,6 +81,14 @@ def from_episodes(name: str, episodes: list[dict], source: str, eval_env_id: str
         if len(o) != n + 1:
             raise DatasetError(f"{source}: an episode has {len(o)} observations for {n} actions "
                                f"(expected {n + 1})")
+        for key in ("actions", "rewards", "terminations", "truncations"):
+            v = np.asarray(ep[key])
+            if v.dtype.kind not in "fiub":
+                raise DatasetError(f"{source}: '{key}' holds {v.dtype} values, not numbers; the "
+                                   f"dataset is corrupt or was written wrongly")
+            if v.ndim == 0 or len(v) != n or n == 0:
+                raise DatasetError(f"{source}: an episode has {len(v) if v.ndim else 0} "
+                                   f"'{key}' for {n} actions; the dataset is inconsistent")
         obs.append(o[:-1])
         nxt.append(o[1:])
         act.append(np.asarray(ep["actions"], np.float32))

@@ -24,6 +24,7 @@ def dataset_dir(dataset_id: str) -> Path:
 
 
 def is_local(dataset_id: str) -> bool:
+    """Minari 0.5 keeps a dataset's metadata (and episodes) under ``<store>/<id>/data/``."""
     return (dataset_dir(dataset_id) / "data" / "metadata.json").exists()
 
 
@@ -101,7 +102,7 @@ def write_minari(dataset_id: str, episodes: list[dict], env_id: str, *, ref_min_
         except OSError:
             # Another process (a second run started at the same time) finished the same dataset
             # first: same policies and seeds, so the same data. Keep theirs.
-            if not (final / "metadata.json").exists():
+            if not is_local(dataset_id):
                 raise
         # Namespace metadata files Minari wrote (e.g. dawm_fast/namespace_metadata.json)
         for meta in tmp_root.rglob("namespace_metadata.json"):
