@@ -11,10 +11,9 @@ import sys
 from pathlib import Path
 
 from dawm_fast.experiments.grid import Job
-
 # The exit code `dawm_fast.train` uses when another live process owns the run directory: the
 # job is not failed, it is busy (a second sweep on the same directory); retry it later.
-BUSY_EXIT = 75
+from dawm_fast.run_lock import BUSY_EXIT_CODE as BUSY_EXIT  # noqa: F401 (engines import it here)
 
 
 def job_env(threads: int) -> dict:

@@ -1,0 +1,120 @@
+"""`dawm_fast.report` on made-up run directories: its numbers against hand computations, mixed
+settings refused, and bad input."""
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from dawm_fast import report as report_cli
+from dawm_fast.experiments.report import ReportError, make_report, write_report
+
+
+def fake_run(root, task, algo, arm, seed, final, evals, config_extra=None, version="0.1.0"):
+    run = root / "rl" / f"{task}_{algo}_{arm}_seed{seed}"
+    run.mkdir(parents=True)
+    ratio = 0.5 if arm == "dawm" else 0.0
+    config = {"env": task, "algo": algo, "seed": seed, "preset": "cpu", "synthetic_ratio": ratio,
+              "world_model_dir": f"wm/{task}_seed{seed}" if arm == "dawm" else None,
+              "rl_steps": 100, **(config_extra or {})}
+    (run / "results.json").write_text(json.dumps({
+        "env": task, "algo": algo, "seed": seed, "synthetic_ratio": ratio, "preset": "cpu",
+        "backend": "reference", "final_score_mean": final, "dataset_source": "embedded (test)",
+        "eval_env": "Hopper-v5", "score_reference": "D4RL (test)", "config": config,
+        "code": {"version": version, "git_commit": "abc"}}))
+    with open(run / "metrics.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(("stage", "step", "wall_s", "metric", "value"))
+        for i, v in enumerate(evals):
+            w.writerow(("rl", (i + 1) * 20, 1.0, "eval_score", v))
+            w.writerow(("rl", (i + 1) * 20, 1.0, "critic_loss", 99.0))   # not an evaluation
+    return run
+
+
+def grid(root, scores):
+    """scores[(task, algo, arm)] = list over seeds of (final, evals)."""
+    for (task, algo, arm), per_seed in scores.items():
+        for seed, (final, evals) in enumerate(per_seed):
+            fake_run(root, task, algo, arm, seed, final, evals)
+
+
+def test_report_numbers_match_a_hand_computation(tmp_path, rng):
+    scores = {}
+    for task in ("hopper-medium-replay", "walker2d-medium-replay"):
+        for arm in ("dawm", "plain"):
+            scores[(task, "td3bc", arm)] = [
+                (float(rng.uniform(0, 100)), list(rng.uniform(0, 100, 5))) for _ in range(3)]
+    grid(tmp_path, scores)
+    rep = write_report(tmp_path, reps=2000)
+    assert rep["n_runs"] == 12 and len(rep["cells"]) == 4
+    for cell in rep["cells"]:
+        runs = scores[(cell["task"], cell["algo"], cell["arm"])]
+        finals = [f for f, _ in runs]
+        last3 = [np.mean(e[-3:]) for _, e in runs]
+        assert cell["final_mean"] == pytest.approx(np.mean(finals))
+        assert cell["final_std"] == pytest.approx(np.std(finals, ddof=1))
+        assert cell["last3_mean"] == pytest.approx(np.mean(last3))
+        assert cell["last3_std"] == pytest.approx(np.std(last3, ddof=1))
+        assert cell["n_seeds"] == 3 and cell["dataset_source"] == "embedded (test)"
+    for pair in rep["pairs"]:
+        d = [scores[(pair["task"], "td3bc", "dawm")][s][0] - scores[(pair["task"], "td3bc",
+                                                                        "plain")][s][0]
+             for s in range(3)]
+        assert pair["final"]["mean"] == pytest.approx(np.mean(d))
+        assert min(d) - 1e-9 <= pair["final"]["ci_low"] <= np.mean(d) <= pair["final"]["ci_high"] \
+            <= max(d) + 1e-9
+    (agg_final,) = [a for a in rep["aggregates"] if a["metric"] == "final"]
+    pooled = [scores[(t, "td3bc", "dawm")][s][0] for t in ("hopper-medium-replay",
+                                                            "walker2d-medium-replay")
+              for s in range(3)]
+    x = np.sort(pooled)
+    assert agg_final["dawm_iqm"] == pytest.approx(x[1:5].mean())    # int(0.25*6)=1 cut per end
+    assert 0 <= agg_final["prob_improvement"] <= 1
+    md = (tmp_path / "report.md").read_text()
+    assert "hopper-medium-replay" in md and "DAWM − plain" in md and "IQM" in md
+    assert "embedded (test)" in md and "D4RL (test)" in md
+    assert (tmp_path / "plots" / "aggregates.png").stat().st_size > 1000
+    assert (tmp_path / "plots" / "curves_hopper-medium-replay.png").stat().st_size > 1000
+    assert json.loads((tmp_path / "report.json").read_text())["n_runs"] == 12
+
+
+def test_cells_mixing_settings_or_code_versions_are_refused(tmp_path):
+    fake_run(tmp_path, "hopper-medium", "iql", "plain", 0, 50.0, [50, 50, 50])
+    fake_run(tmp_path, "hopper-medium", "iql", "plain", 1, 60.0, [60, 60, 60],
+             config_extra={"rl_steps": 200})
+    fake_run(tmp_path, "hopper-medium", "td3bc", "plain", 0, 50.0, [50, 50, 50])
+    fake_run(tmp_path, "hopper-medium", "td3bc", "plain", 1, 60.0, [60, 60, 60], version="0.2.0")
+    fake_run(tmp_path, "walker2d-medium", "td3bc", "plain", 0, 70.0, [70, 70, 70])
+    rep = make_report(tmp_path, reps=100)
+    refused = {(c["task"], c["algo"]): c["refused"] for c in rep["cells"]}
+    assert "rl_steps: 100 vs 200" in refused[("hopper-medium", "iql")][0]
+    assert "code_version" in refused[("hopper-medium", "td3bc")][0]
+    assert refused[("walker2d-medium", "td3bc")] == []
+    md = write_report(tmp_path, reps=100) and (tmp_path / "report.md").read_text()
+    assert "Refused cells" in md and "rl_steps: 100 vs 200" in md
+
+
+def test_pairs_that_differ_beyond_the_synthetic_data_are_not_compared(tmp_path):
+    fake_run(tmp_path, "hopper-medium", "td3bc", "dawm", 0, 50.0, [50, 50, 50])
+    fake_run(tmp_path, "hopper-medium", "td3bc", "plain", 0, 60.0, [60, 60, 60],
+             config_extra={"rl_steps": 200})
+    (pair,) = make_report(tmp_path, reps=100)["pairs"]
+    assert "rl_steps" in pair["refused"] and "final" not in pair
+
+
+def test_report_bad_input_is_one_line(tmp_path, capsys):
+    with pytest.raises(ReportError, match="no finished run"):
+        make_report(tmp_path)
+    with pytest.raises(SystemExit):
+        report_cli.main([str(tmp_path)])
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "no finished run" in err and len(err.splitlines()) == 1
+    with pytest.raises(SystemExit):
+        report_cli.main([str(tmp_path / "missing")])
+    assert "is not a directory" in capsys.readouterr().err
+    bad = tmp_path / "rl" / "x"
+    bad.mkdir(parents=True)
+    (bad / "results.json").write_text("{trunc")
+    with pytest.raises(SystemExit):
+        report_cli.main([str(tmp_path)])
+    assert "results.json is not a readable" in capsys.readouterr().err

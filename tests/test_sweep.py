@@ -1,0 +1,183 @@
+"""`python -m dawm_fast.sweep` on a smoke grid (2 tasks x 2 algos x 2 arms x 1 seed): local
+workers with a kill in the middle and a resume, a local Ray, the shared world models, and bad
+input. The runs are real `dawm_fast.train` processes on tiny step counts."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dawm_fast import sweep
+from dawm_fast.data import embedded, load_dataset
+from dawm_fast.data.tasks import env_family
+
+TASKS = ("walker2d-medium-expert", "walker2d-medium-replay")
+# every stage runs, on step counts that take seconds
+TINY = [f"--set={kv}" for kv in (
+    "rl_steps=60", "eval_every=20", "rl_checkpoint_every=20", "wm_steps=20",
+    "wm_checkpoint_every=10", "idm.n_steps=20", "n_synthetic_starts=64", "eval_episodes=1",
+    "final_eval_episodes=1")]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """Small random-policy walker2d datasets in a private Minari store that subprocesses see."""
+    root = tmp_path_factory.mktemp("sweep_store")
+    with embedded.random_policy_store(root, env_family("walker2d")):
+        for task in TASKS:
+            load_dataset(task)
+    saved = os.environ.get("MINARI_DATASETS_PATH")
+    os.environ["MINARI_DATASETS_PATH"] = str(root / "minari")
+    yield root / "minari"
+    if saved is None:
+        os.environ.pop("MINARI_DATASETS_PATH", None)
+    else:
+        os.environ["MINARI_DATASETS_PATH"] = saved
+
+
+def grid_args(out, *extra):
+    return ["--envs", ",".join(TASKS), "--algos", "td3bc,iql", "--arms", "dawm,plain",
+            "--seeds", "0", "--preset", "smoke", "--device", "cpu", "--out", str(out), *TINY,
+            *extra]
+
+
+def finished_runs(out: Path) -> dict[str, float]:
+    return {p.parent.name: p.stat().st_mtime for p in out.glob("rl/*/results.json")}
+
+
+def check_finished_grid(out: Path) -> None:
+    """Every run finished; 2 world models; the DAWM runs of a task read one synthetic file; plain
+    runs never made a world model; the report's numbers are the results files' numbers."""
+    runs = {p.parent.name: json.loads(p.read_text()) for p in out.glob("rl/*/results.json")}
+    assert len(runs) == 8
+    wm_dirs = sorted(p.name for p in (out / "wm").iterdir())
+    assert len(wm_dirs) == 2 and all((out / "wm" / d / "synthetic.npz").exists() for d in wm_dirs)
+    for task in TASKS:
+        dawm = [r for r in runs.values() if r["env"] == task and r["synthetic_ratio"] > 0]
+        assert len(dawm) == 2 and len({r["world_model_dir"] for r in dawm}) == 1
+        assert dawm[0]["world_model_dir"].startswith(f"wm/{task}_seed0_")
+        assert {r["algo"] for r in dawm} == {"td3bc", "iql"}
+        assert dawm[0]["synthetic_transitions"] > 0
+    for name, r in runs.items():
+        run = out / "rl" / name
+        assert not (run / "synthetic.npz").exists() and not (run / "world_model.pt").exists()
+        if r["synthetic_ratio"] == 0:
+            assert r["world_model_dir"] is None and r["synthetic_transitions"] == 0
+            done = json.loads((run / "progress.json").read_text())["done"]
+            assert done["world_model"].get("skipped") == "synthetic_ratio 0"
+    # the report against the results files
+    assert subprocess.run([sys.executable, "-m", "dawm_fast.report", str(out), "--reps", "200"],
+                          capture_output=True, text=True).returncode == 0
+    rep = json.loads((out / "report.json").read_text())
+    for cell in rep["cells"]:
+        (r,) = [r for r in runs.values() if r["env"] == cell["task"] and r["algo"] == cell["algo"]
+                and (r["synthetic_ratio"] > 0) == (cell["arm"] == "dawm")]
+        assert cell["final_mean"] == pytest.approx(r["final_score_mean"]) and not cell["refused"]
+    for pair in rep["pairs"]:
+        d, p = (next(r for r in runs.values() if r["env"] == pair["task"] and
+                     r["algo"] == pair["algo"] and (r["synthetic_ratio"] > 0) == want)
+                for want in (True, False))
+        assert pair["final"]["mean"] == pytest.approx(d["final_score_mean"] - p["final_score_mean"])
+
+
+def test_local_sweep_survives_a_kill_and_resumes(store, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    proc = subprocess.Popen([sys.executable, "-m", "dawm_fast.sweep", *grid_args(out),
+                             "--workers", "2"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    deadline = time.time() + 600
+    while len(finished_runs(out)) < 3 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+    # kill -9 the sweep and the runs it started, as a lost machine would
+    children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
+                              text=True).stdout.split()
+    proc.kill()
+    for pid in children:
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.communicate()
+    before = finished_runs(out)
+    assert 3 <= len(before) < 8, "the kill should land in the middle of the grid"
+    # a run directory another run owns fails with its error line, and the others carry on
+    bad = out / "rl" / "walker2d-medium-replay_iql_plain_seed0"
+    if bad.name not in before:
+        shutil.rmtree(bad, ignore_errors=True)
+        bad.mkdir(parents=True)
+        (bad / "notes.txt").write_text("someone else's files")
+    assert sweep.main(grid_args(out, "--workers", "2")) == (1 if bad.name not in before else 0)
+    log = capsys.readouterr().out
+    for name, mtime in before.items():       # nothing finished was redone
+        assert finished_runs(out)[name] == mtime and f"done rl/{name}" not in log
+    assert "finished earlier" in log
+    if bad.name not in before:
+        assert f"failed rl/{bad.name}" in log
+        assert "holds no dawm_fast run" in log
+        assert len(finished_runs(out)) == 7
+        shutil.rmtree(bad)
+        assert sweep.main(grid_args(out, "--workers", "2")) == 0
+    check_finished_grid(out)
+
+
+def test_ray_sweep_runs_the_grid(store, tmp_path):
+    ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install -e '.[ray]'")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        out = tmp_path / "ray_sweep"
+        assert sweep.main(grid_args(out, "--engine", "ray")) == 0
+    finally:
+        ray.shutdown()
+    check_finished_grid(out)
+
+
+def test_dry_run_bad_input_and_other_settings(store, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "sweep"
+    assert sweep.main(grid_args(out, "--dry-run")) == 0
+    log = capsys.readouterr().out
+    assert "10 jobs (2 world models, 8 RL runs)" in log and not out.exists()
+    for bad, msg in ((["--envs", "hopper-nope"], "unknown task 'hopper-nope'"),
+                     (["--arms", "dawm,oracle"], "unknown arm 'oracle'"),
+                     (["--algos", "cql"], "unknown algo 'cql'"),
+                     (["--seeds", ","], "the grid is empty"),
+                     (["--seeds", "a-b"], "--seeds"),
+                     (["--set", "nosuchfield=1"], "unknown field 'nosuchfield'")):
+        with pytest.raises(SystemExit):
+            sweep.main(grid_args(out, "--dry-run") + bad)
+        err = capsys.readouterr().err
+        assert msg in err and len(err.strip().splitlines()) == 1, err
+    # a sweep directory made with other settings is refused, naming the difference
+    out.mkdir()
+    (out / "sweep.json").write_text(json.dumps({"settings": {
+        "preset": "cpu", "backend": "reference", "device": "cpu", "overrides": []}}))
+    with pytest.raises(SystemExit):
+        sweep.main(grid_args(out))
+    err = capsys.readouterr().err
+    assert "made with other settings" in err and "preset: 'cpu' there vs 'smoke' now" in err
+    # Ray missing: one line that says how to get it
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(SystemExit):
+        sweep.main(grid_args(tmp_path / "other", "--engine", "ray"))
+    assert "pip install -e '.[ray]'" in capsys.readouterr().err
+
+
+def test_plan_shares_one_world_model_per_task_and_seed():
+    from dawm_fast.experiments.grid import SweepSettings, plan
+    jobs = plan(list(TASKS), ["td3bc", "iql"], ["dawm", "plain"], [0, 1],
+                SweepSettings("smoke", overrides=("synthetic_ratio=0.25",)),
+                lambda args: "fp" + args[args.index("--seed") + 1])
+    wm = [j for j in jobs if j.kind == "wm"]
+    assert len(wm) == 4 and len(jobs) == 4 + 16
+    for j in jobs:
+        if j.arm == "dawm":
+            assert j.depends_on in {w.name for w in wm} and j.depends_on.endswith(f"fp{j.seed}")
+            assert jobs.index(j) > jobs.index(next(w for w in wm if w.name == j.depends_on))
+        if j.arm == "plain":   # plain overrides any --set ratio, after it
+            assert j.args[-2:] == ["--set", "synthetic_ratio=0"] and j.depends_on is None
+    assert not any(np.isnan(j.estimated_minutes("smoke")) for j in jobs)
