@@ -301,3 +301,14 @@ def test_sigterm_checkpoints_and_the_resume_matches_an_uninterrupted_run(finishe
     assert (out / "world_model_ckpt.pt").exists() and not (out / "results.json").exists()
     assert rerun(out, capsys)[0] == 0
     assert final_numbers(out) == final_numbers(finished) and same_agent(out, finished)
+
+
+def test_dynamics_check_tool_names_a_truncated_synthetic_file(finished, tmp_path):
+    from dawm_fast.evaluation import dynamics_check
+    out = copy_run(finished, tmp_path / "run")
+    syn = out / "synthetic.npz"
+    syn.write_bytes(syn.read_bytes()[:1000])
+    with pytest.raises(SystemExit) as e:
+        dynamics_check.main([str(out)])
+    msg = str(e.value.code)
+    assert msg.startswith("error: ") and str(syn) in msg and len(msg.splitlines()) == 1

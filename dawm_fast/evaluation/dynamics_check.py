@@ -25,7 +25,7 @@ import numpy as np
 
 from dawm_fast.data.tasks import EnvFamily, env_family
 from dawm_fast.evaluation.rollout import make_env
-from dawm_fast.run_io import write_json
+from dawm_fast.run_io import RunError, load_arrays, write_json
 
 
 def simulate(family: EnvFamily, observations: np.ndarray, actions: np.ndarray,
@@ -152,12 +152,20 @@ def main(argv=None) -> None:
         if not path.exists():
             raise SystemExit(f"{path} not found: give a pipeline run directory whose generation "
                              "stage has finished")
-    cfg = json.loads(cfg_path.read_text())
-    with np.load(syn_path) as z:
-        synthetic = {k: z[k] for k in z.files}
-    ds = load_dataset(cfg["env"], source=cfg.get("data_source", "auto"),
-                      path=cfg.get("data_path"))
-    rep = check(env_family(cfg["env"]), synthetic, dataset_arrays(ds), args.n, args.seed,
+    from dawm_fast.data import DatasetError, UnknownTaskError
+    try:
+        cfg = json.loads(cfg_path.read_text())
+        env = cfg["env"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise SystemExit(f"error: {cfg_path} is corrupt ({type(e).__name__}); give a pipeline "
+                         f"run directory") from None
+    try:
+        synthetic = load_arrays(syn_path, "generation", ("observations", "actions", "rewards",
+                                                         "next_observations", "terminals"))
+        ds = load_dataset(env, source=cfg.get("data_source", "auto"), path=cfg.get("data_path"))
+    except (RunError, DatasetError, UnknownTaskError) as e:
+        raise SystemExit(f"error: {e}") from None
+    rep = check(env_family(env), synthetic, dataset_arrays(ds), args.n, args.seed,
                 env_id=ds.eval_env_id)
     rep["dataset_source"] = ds.source
     print(f"[dynamics_check] real data: {ds.source}")
