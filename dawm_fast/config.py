@@ -16,6 +16,7 @@ from dawm_fast.data.tasks import parse_task
 from dawm_fast.rl.iql import IQLConfig, iql_config_for
 from dawm_fast.rl.td3bc import TD3BCConfig
 from dawm_fast.sampling.generate import SamplingConfig
+from dawm_fast.world_model.action_labels import ACTION_SOURCES
 from dawm_fast.world_model import (DiffusionScheduleConfig, EMAConfig, InverseDynamicsConfig,
                                    TemporalUNetConfig, WorldModelConfig)
 
@@ -113,6 +114,10 @@ class PipelineConfig:
     # -- offline RL ------------------------------------------------------------------------------
     rl_steps: int = 1_000_000             # gradient updates
     synthetic_ratio: float = 0.5          # share of each batch drawn from synthetic data; 0 = plain
+    # Who labels the synthetic transitions' inferred actions: "idm" (DAWM); "bc" or "random" are
+    # the referee's ablation (a BC policy on the synthetic state, uniform noise), same world
+    # model, states and rewards (world_model/action_labels.py).
+    synthetic_actions: str = "idm"
     td3bc: TD3BCConfig = field(default_factory=TD3BCConfig)
     iql: IQLConfig = field(default_factory=IQLConfig)
     rl_checkpoint_every: int = 10_000
@@ -135,6 +140,7 @@ class PipelineConfig:
         """What makes two runs the same run (an --out dir holds exactly one)."""
         return {k: getattr(self, k) for k in ("env", "algo", "preset", "seed", "backend",
                                               "data_source", "synthetic_ratio",
+                                              "synthetic_actions",
                                               "episode_fraction")}
 
 
@@ -315,4 +321,7 @@ def config_problems(cfg: PipelineConfig, name=lambda field: field) -> list[str]:
                 if not v >= 1:
                     bad(key, v, "at least 1")
     walk(cfg, "")
+    if cfg.synthetic_actions not in ACTION_SOURCES:
+        problems.append(f"{name('synthetic_actions')} must be one of "
+                        f"{', '.join(ACTION_SOURCES)}, got {cfg.synthetic_actions!r}")
     return problems

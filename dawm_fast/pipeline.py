@@ -35,6 +35,7 @@ from dawm_fast.sampling import generate_transitions
 from dawm_fast.step_graphs import GraphCaptureError
 from dawm_fast.world_model import (DiffusionWorldModel, InverseDynamics, WorldModelTrainer,
                                    WorldModelTrainerConfig, train_inverse_dynamics)
+from dawm_fast.world_model import action_labels
 from dawm_fast.world_model.fast_training import FastWorldModelTrainer
 from dawm_fast.world_model.training import WindowBatcher
 
@@ -443,7 +444,8 @@ class Pipeline:
         syn = None
         if cfg.synthetic_ratio > 0:
             z = load_arrays(self.products_dir / "synthetic.npz", "generation", SYNTHETIC_KEYS)
-            syn = Transitions.from_numpy(z["observations"], z["actions"], z["rewards"],
+            actions = self._synthetic_actions(z)
+            syn = Transitions.from_numpy(z["observations"], actions, z["rewards"],
                                          z["next_observations"], z["terminals"])
         mean, std = compute_obs_stats(ds.observations)
         fast = cfg.backend == "fast"
@@ -468,6 +470,30 @@ class Pipeline:
         sampler = MixedSampler(parts[0], parts[1], cfg.synthetic_ratio, batch_size,
                                torch.Generator(device=self.device).manual_seed(cfg.seed + 5))
         return agent, sampler
+
+    def _synthetic_actions(self, syn: dict) -> np.ndarray:
+        """The synthetic rows' actions: the IDM's (DAWM), or, for the action-label ablation,
+        a BC policy's or uniform noise on the same states and rewards; the relabelling and its
+        simulator replay are measured once per process (deterministic: seeded)."""
+        cfg = self.cfg
+        if cfg.synthetic_actions == "idm":
+            return syn["actions"]
+        if getattr(self, "_relabelled", None) is None:
+            idm_cfg = dataclasses.replace(cfg.idm, seed=cfg.seed + 7)
+            actions, info = action_labels.relabel(
+                cfg.synthetic_actions, syn, self.state_norm.normalize, self.dataset.observations,
+                self.dataset.actions, idm_cfg, cfg.seed + 7, self.device)
+            replay = dynamics_check.check(self.family, {**syn, "actions": actions},
+                                          dynamics_check.dataset_arrays(self.dataset), n=5_000,
+                                          seed=cfg.seed + 5, env_id=self.dataset.eval_env_id)
+            info["label_replay_state_error"] = replay["synthetic"]["state_error"]
+            print(f"[rl] synthetic actions from {cfg.synthetic_actions} (ablation): "
+                  f"{info['relabelled_rows']:,} IDM actions replaced; against the real a_t of "
+                  f"window starts MSE {info['label_action_mse']:.4f}; simulator replay of the "
+                  f"relabelled transitions off by {info['label_replay_state_error']:.4f}",
+                  flush=True)
+            self._relabelled = actions, info
+        return self._relabelled[0]
 
     @property
     def iql_scale(self) -> float:
@@ -556,7 +582,8 @@ class Pipeline:
         check_finite({"agent": state}, step)
         atomic_torch_save({"agent": state}, self.out / "agent.pt")
         self._wall_before = {"rl": wall_before}
-        return {"updates": step}
+        relabel_info = getattr(self, "_relabelled", (None, {}))[1]
+        return {"updates": step, **relabel_info}
 
     # -- stage: evaluation -----------------------------------------------------------------------
     def stage_evaluation(self) -> dict:
@@ -605,6 +632,9 @@ class Pipeline:
             "world_model_dir": cfg.world_model_dir,
             "shared_wall_time_s": {s: done[s]["shared_wall_s"] for s in WORLD_MODEL_STAGES
                                    if "shared_wall_s" in done.get(s, {})},
+            "synthetic_actions": cfg.synthetic_actions,
+            "label_action_mse": done["rl"].get("label_action_mse"),
+            "label_replay_state_error": done["rl"].get("label_replay_state_error"),
             "code": code_version(),
             "config": cfg.to_dict(),
         }

@@ -20,7 +20,10 @@ from pathlib import Path
 
 from dawm_fast.data.tasks import TASK_NAMES
 
-ARMS = ("dawm", "plain")
+# dawm: synthetic data with IDM actions; plain: synthetic ratio 0; dawm-bc / dawm-random: the
+# action-label ablation (same world model, states and rewards; actions from a BC policy or
+# uniform noise).
+ARMS = ("dawm", "plain", "dawm-bc", "dawm-random")
 # DAWM's and the field's D4RL locomotion table: three envs x three datasets.
 LOCOMOTION = tuple(f"{env}-{kind}" for env in ("halfcheetah", "hopper", "walker2d")
                    for kind in ("medium", "medium-replay", "medium-expert"))
@@ -125,7 +128,7 @@ def plan(tasks: list[str], algos: list[str], arms: list[str], seeds: list[int],
     for task in tasks:
         for seed in seeds:
             common = ["--env", task, "--seed", str(seed)] + base
-            if "dawm" in arms:
+            if any(arm != "plain" for arm in arms):
                 fp = fingerprint_of(common)
                 name = f"wm/{task}_seed{seed}_{fp}"
                 wm = Job(name, "wm", task, seed,
@@ -136,9 +139,11 @@ def plan(tasks: list[str], algos: list[str], arms: list[str], seeds: list[int],
                     name = f"rl/{task}_{algo}_{arm}_seed{seed}"
                     args = common + ["--algo", algo, "--out", name]
                     job = Job(name, "rl", task, seed, args, algo=algo, arm=arm)
-                    if arm == "dawm":
+                    if arm != "plain":
                         job.args += ["--world-model-dir", wm.name]
                         job.depends_on, job.fingerprint = wm.name, wm.fingerprint
+                        if arm != "dawm":
+                            job.args += ["--set", f"synthetic_actions={arm.split('-', 1)[1]}"]
                     else:   # plain: the same run with no synthetic data (applied after --set)
                         job.args += ["--set", "synthetic_ratio=0"]
                     jobs.append(job)

@@ -16,10 +16,12 @@ import numpy as np
 
 from dawm_fast.experiments import stats
 
-ARM_ORDER = ("dawm", "plain")
+ARM_ORDER = ("dawm", "plain", "dawm-bc", "dawm-random")
+ARM_COLORS = {"dawm": "tab:blue", "plain": "tab:gray", "dawm-bc": "tab:orange",
+              "dawm-random": "tab:red"}
 # Config fields that may differ between the seeds of one cell / the two arms of a pair.
 PER_RUN_FIELDS = ("seed", "world_model_dir", "device", "progress_every_s")
-PAIR_FIELDS = PER_RUN_FIELDS + ("synthetic_ratio",)
+PAIR_FIELDS = PER_RUN_FIELDS + ("synthetic_ratio", "synthetic_actions")
 
 
 class ReportError(ValueError):
@@ -34,7 +36,10 @@ class Run:
 
     @property
     def arm(self) -> str:
-        return "plain" if self.results.get("synthetic_ratio", 0) == 0 else "dawm"
+        if self.results.get("synthetic_ratio", 0) == 0:
+            return "plain"
+        source = (self.results.get("config") or {}).get("synthetic_actions", "idm")
+        return "dawm" if source == "idm" else f"dawm-{source}"
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -110,6 +115,18 @@ class Cell:
     def by_seed(self, metric: str) -> dict[int, float]:
         return {r.results["seed"]: getattr(r, metric) for r in self.runs}
 
+    def label_errors(self) -> dict:
+        """How far the arm's action labels are from the real a_t at window starts (the IDM's:
+        the generation stage's action consistency), and the simulator replay of its synthetic
+        transitions; mean over seeds. None for plain runs."""
+        if self.arm == "plain":
+            return {"label_action_mse": None, "label_replay_state_error": None}
+        keys = (("action_consistency_mse", "replay_state_error") if self.arm == "dawm" else
+                ("label_action_mse", "label_replay_state_error"))
+        vals = [[r.results.get(k) for r in self.runs] for k in keys]
+        mean = lambda v: float(np.mean(v)) if v and None not in v else None
+        return {"label_action_mse": mean(vals[0]), "label_replay_state_error": mean(vals[1])}
+
     def summary(self) -> dict:
         fm, fs = stats.mean_std([r.final for r in self.runs])
         lm, ls = stats.mean_std([r.last3 for r in self.runs])
@@ -120,6 +137,7 @@ class Cell:
                 "seeds": sorted(r.results["seed"] for r in self.runs),
                 "final_mean": fm, "final_std": fs, "last3_mean": lm, "last3_std": ls,
                 "settings_known": first.results.get("config") is not None,
+                **self.label_errors(),
                 "git_commits": commits, **first.describe()}
 
 
@@ -144,14 +162,16 @@ def build_cells(runs: list[Run]) -> list[Cell]:
 
 
 def compare_pairs(cells: list[Cell], reps: int) -> list[dict]:
-    """Per task x algo: DAWM - plain over the seeds both arms have (final and last-3)."""
+    """Per task x algo and synthetic arm: arm - plain over the seeds both arms have (final and
+    last-3)."""
     ok = {(c.task, c.algo, c.arm): c for c in cells if not c.refused}
     out = []
-    for (task, algo, arm), dawm in sorted(ok.items()):
+    for (task, algo, arm), dawm in sorted(ok.items(), key=lambda kv: (
+            kv[0][0], kv[0][1], ARM_ORDER.index(kv[0][2]) if kv[0][2] in ARM_ORDER else 9)):
         plain = ok.get((task, algo, "plain"))
-        if arm != "dawm" or plain is None:
+        if arm == "plain" or plain is None:
             continue
-        row = {"task": task, "algo": algo}
+        row = {"task": task, "algo": algo, "arm": arm}
         diff = _diff_keys(dawm.runs[0].settings(PAIR_FIELDS), plain.runs[0].settings(PAIR_FIELDS))
         if diff:
             row["refused"] = "DAWM and plain runs differ in more than the synthetic data: " + \
@@ -180,9 +200,9 @@ def aggregate(cells: list[Cell], reps: int) -> list[dict]:
             continue
         for metric in ("final", "last3"):
             per_arm = {arm: [np.array([getattr(r, metric) for r in ok[(t, algo, arm)].runs])
-                             for t in tasks] for arm in ARM_ORDER}
+                             for t in tasks] for arm in ("dawm", "plain")}
             row = {"algo": algo, "metric": metric, "tasks": tasks}
-            for arm in ARM_ORDER:
+            for arm in ("dawm", "plain"):
                 lo, hi = stats.stratified_bootstrap_ci(stats.iqm, per_arm[arm], reps=reps)
                 row[f"{arm}_iqm"] = stats.iqm(per_arm[arm])
                 row[f"{arm}_iqm_ci"] = [lo, hi]
@@ -222,6 +242,10 @@ def _pm(m: float, s: float) -> str:
     return f"{m:.1f}" if s != s else f"{m:.1f} ± {s:.1f}"
 
 
+def _num(v) -> str:
+    return "—" if v is None else f"{v:.4f}"
+
+
 def _ci(d: dict) -> str:
     if d["ci_low"] != d["ci_low"]:
         return f"{d['mean']:+.1f} (n={d['n']}, no CI)"
@@ -257,13 +281,30 @@ def to_markdown(rep: dict, commands: list[str] | None = None) -> str:
                   for c in refused]
     if rep["pairs"]:
         lines += ["", "## DAWM − plain, paired over seeds (95% bootstrap CI)", "",
-                  "| task | algo | seeds | final | last 3 |", "| --- | --- | --- | --- | --- |"]
+                  "| task | algo | arm − plain | seeds | final | last 3 |",
+                  "| --- | --- | --- | --- | --- | --- |"]
         for p in rep["pairs"]:
             if "refused" in p:
-                lines.append(f"| {p['task']} | {p['algo']} | — | {p['refused']} | |")
+                lines.append(f"| {p['task']} | {p['algo']} | {p['arm']} | — | {p['refused']} | |")
             else:
-                lines.append(f"| {p['task']} | {p['algo']} | {len(p['seeds'])} | "
+                lines.append(f"| {p['task']} | {p['algo']} | {p['arm']} | {len(p['seeds'])} | "
                              f"{_ci(p['final'])} | {_ci(p['last3'])} |")
+    labelled = [c for c in ok if c["arm"] != "plain"]
+    if any(c["arm"] != "dawm" for c in labelled):
+        lines += ["", "## Who labels the synthetic actions (same world model, states, rewards)",
+                  "", "Action error: the labeller's action against the real a_t at window starts "
+                  "(MSE per element). Replay: the synthetic transitions put back into the "
+                  "simulator, next-state error (standardized MSE).", "",
+                  "| task | algo | actions from | seeds | final | last 3 | action error | "
+                  "replay error |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for c in labelled:
+            src = {"dawm": "IDM (DAWM)", "dawm-bc": "BC policy",
+                   "dawm-random": "uniform random"}.get(c["arm"], c["arm"])
+            lines.append(f"| {c['task']} | {c['algo']} | {src} | {c['n_seeds']} | "
+                         f"{_pm(c['final_mean'], c['final_std'])} | "
+                         f"{_pm(c['last3_mean'], c['last3_std'])} | "
+                         f"{_num(c['label_action_mse'])} | "
+                         f"{_num(c['label_replay_state_error'])} |")
     if rep["aggregates"]:
         lines += ["", "## Across tasks (IQM and probability of improvement, stratified "
                       "bootstrap 95% CIs; Agarwal et al. 2021)", "",
@@ -293,7 +334,7 @@ def write_plots(rep: dict, runs: list[Run], plot_dir: Path) -> list[Path]:
         algos = sorted({k[1] for k in ok if k[0] == task})
         fig, axes = plt.subplots(1, len(algos), figsize=(5 * len(algos), 3.6), squeeze=False)
         for ax, algo in zip(axes[0], algos):
-            for arm, color in zip(ARM_ORDER, ("tab:blue", "tab:gray")):
+            for arm, color in ARM_COLORS.items():
                 curves = [dict(r.evals) for r in runs if r.key == (task, algo, arm)]
                 if (task, algo, arm) not in ok or not curves:
                     continue
@@ -318,7 +359,8 @@ def write_plots(rep: dict, runs: list[Run], plot_dir: Path) -> list[Path]:
         rows = rep["aggregates"]
         fig, ax = plt.subplots(figsize=(1.6 * len(rows) + 2, 3.6))
         x = np.arange(len(rows))
-        for i, (arm, color) in enumerate(zip(ARM_ORDER, ("tab:blue", "tab:gray"))):
+        for i, arm in enumerate(("dawm", "plain")):
+            color = ARM_COLORS[arm]
             vals = np.array([r[f"{arm}_iqm"] for r in rows])
             ci = np.array([r[f"{arm}_iqm_ci"] for r in rows]).T
             ax.bar(x + (i - 0.5) * 0.38, vals, 0.38, color=color, label=arm,
