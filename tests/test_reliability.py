@@ -312,3 +312,28 @@ def test_dynamics_check_tool_names_a_truncated_synthetic_file(finished, tmp_path
         dynamics_check.main([str(out)])
     msg = str(e.value.code)
     assert msg.startswith("error: ") and str(syn) in msg and len(msg.splitlines()) == 1
+
+
+def test_ctrl_c_in_rl_checkpoints_that_update_and_resumes_from_it(finished, tmp_path, capsys,
+                                                                 monkeypatch):
+    """SIGINT is handled as SIGTERM: the loop finishes its update, checkpoints it, stops."""
+    from dawm_fast.rl.td3bc import TD3BC
+    out = copy_run(finished, tmp_path / "run")
+    for name in ("agent.pt", "rl_ckpt.pt"):
+        (out / name).unlink()
+    forget(out, "rl", "evaluation")
+    original, calls = TD3BC.update, {"n": 0}
+
+    def update_then_signal(self, batch):
+        calls["n"] += 1
+        if calls["n"] == 250:                    # between the checkpoints at 200 and 400
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self, batch)
+
+    monkeypatch.setattr(TD3BC, "update", update_then_signal)
+    code, err = rerun(out, capsys)
+    assert code == 128 + signal.SIGINT and "interrupted (SIGINT)" in err
+    assert torch.load(out / "rl_ckpt.pt", weights_only=False)["step"] == 250
+    monkeypatch.setattr(TD3BC, "update", original)
+    assert rerun(out, capsys)[0] == 0
+    assert final_numbers(out) == final_numbers(finished) and same_agent(out, finished)
