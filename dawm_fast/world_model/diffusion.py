@@ -107,7 +107,8 @@ class DiffusionWorldModel(nn.Module):
         return x
 
     def loss(self, x0: torch.Tensor, returns: torch.Tensor, actions: torch.Tensor,
-             generator: torch.Generator | None = None, forward=None) -> torch.Tensor:
+             generator: torch.Generator | None = None, forward=None,
+             shard: tuple[int, int] | None = None) -> torch.Tensor:
         """DDPM loss, masked to the modelled channels: the network's output against the added
         noise ("epsilon") or against x0 itself ("sample").
 
@@ -115,14 +116,20 @@ class DiffusionWorldModel(nn.Module):
         Random draws, in order, all from ``generator``: t [B], noise [B, T, C], then the
         return-keep mask [B]. ``forward(x_t, t, returns, actions, keep)`` is the network; default
         ``self.unet`` (the fast trainer passes the fused U-Net forward: same function).
+        ``shard = (rank, world)``: x0 is rank's slice of a global batch of world * B windows; the
+        draws are made for the global batch and sliced the same way, so every rank's generator
+        stays in step and data-parallel training sees the samples one process would.
         """
         b = x0.shape[0]
         dev = x0.device
-        t = torch.randint(0, self.scheduler.n_diffusion_steps, (b,), device=dev,
-                          generator=generator)                                # [B]
-        noise = torch.randn(x0.shape, device=dev, dtype=x0.dtype, generator=generator)  # [B,T,C]
-        keep = torch.bernoulli(torch.full((b,), 1.0 - self.cfg.cond_dropout, device=dev,
-                                          dtype=x0.dtype), generator=generator)  # [B] 1 = use g
+        rank, world = shard or (0, 1)
+        mine = slice(rank * b, (rank + 1) * b)
+        t = torch.randint(0, self.scheduler.n_diffusion_steps, (world * b,), device=dev,
+                          generator=generator)[mine]                          # [B]
+        noise = torch.randn((world * b,) + tuple(x0.shape[1:]), device=dev, dtype=x0.dtype,
+                            generator=generator)[mine]                        # [B, T, C]
+        keep = torch.bernoulli(torch.full((world * b,), 1.0 - self.cfg.cond_dropout, device=dev,
+                                          dtype=x0.dtype), generator=generator)[mine]  # [B]
         x_t = self.scheduler.add_noise(x0, noise, t)
         x_t = self.conditioning(x_t, x0[:, 0, :self.obs_dim], actions)
         # The loss is reduced in fp32 even when the forward ran under bf16 autocast.

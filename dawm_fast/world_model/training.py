@@ -30,20 +30,29 @@ class WindowBatcher:
     """
 
     def __init__(self, x0: torch.Tensor, returns: torch.Tensor, actions: torch.Tensor,
-                 batch_size: int, generator: torch.Generator):
+                 batch_size: int, generator: torch.Generator,
+                 shard: tuple[int, int] | None = None):
         if not (len(x0) == len(returns) == len(actions)) or len(x0) == 0:
             raise ValueError(f"need the same non-zero number of windows, returns and actions; got "
                              f"{len(x0)}, {len(returns)}, {len(actions)}")
         if generator.device.type != x0.device.type:
             raise ValueError(f"generator is on {generator.device} but the windows are on "
                              f"{x0.device}")
+        rank, world = shard or (0, 1)
+        if batch_size % world:
+            raise ValueError(f"the batch of {batch_size} windows does not split evenly over "
+                             f"{world} processes")
         self.x0, self.returns, self.actions = x0, returns, actions
-        self.batch_size = int(batch_size)
+        self.batch_size = int(batch_size)          # the global batch
         self.generator = generator
+        # Data-parallel: every rank draws the global batch's indices (its generator stays in step
+        # with the others') and keeps its own slice of them.
+        per_rank = self.batch_size // world
+        self.mine = slice(rank * per_rank, (rank + 1) * per_rank)
 
     def draw(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         idx = torch.randint(len(self.x0), (self.batch_size,), generator=self.generator,
-                            device=self.x0.device)                                 # [B]
+                            device=self.x0.device)[self.mine]                      # [B / world]
         return self.x0[idx], self.returns[idx], self.actions[idx]
 
 
@@ -59,19 +68,45 @@ def _unpack(batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     raise TypeError("batch must be a mapping with keys x0/returns/actions or a 3-sequence")
 
 
+class _Loss(torch.nn.Module):
+    """The world model's loss as a module's forward, which is what DistributedDataParallel wraps
+    (its gradient all-reduce is armed by the forward call)."""
+
+    def __init__(self, model: DiffusionWorldModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x0, returns, actions, generator, shard):
+        return self.model.loss(x0, returns, actions, generator=generator, shard=shard)
+
+
 class WorldModelTrainer:
     """Owns the optimizer, the EMA copy, the step counter and the loss RNG.
 
     The loss draws all its randomness from ``self.generator`` (on the model's device), whose state
     is part of ``state_dict``, so save -> load into a fresh trainer -> continue reproduces an
     uninterrupted run bit for bit.
+
+    ``shard = (rank, world)`` trains data-parallel under torch.distributed: the model is wrapped
+    in DistributedDataParallel (which makes every rank start from rank 0's weights), each rank
+    takes its slice of the global batch, and the gradient is averaged over ranks, so k steps on W
+    ranks with B / W windows each equal k one-process steps with B. The generator stays in step on
+    every rank, so a checkpoint resumes at any world size.
     """
 
     def __init__(self, model: DiffusionWorldModel,
-                 cfg: WorldModelTrainerConfig = WorldModelTrainerConfig()):
+                 cfg: WorldModelTrainerConfig = WorldModelTrainerConfig(),
+                 shard: tuple[int, int] | None = None):
         self.cfg = cfg
         self.model = model
         self.device = next(model.parameters()).device
+        self.shard = shard
+        self.loss_fn = _Loss(model)
+        if shard is not None:
+            from torch.nn.parallel import DistributedDataParallel
+            self.loss_fn = DistributedDataParallel(
+                self.loss_fn, device_ids=[self.device.index] if self.device.type == "cuda"
+                else None)
         self.optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
         self.ema = EMA(model, cfg.ema)
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
@@ -83,7 +118,7 @@ class WorldModelTrainer:
         x0, returns, actions = (v.to(self.device) for v in _unpack(batch))
         self.model.train()
         with bf16_autocast(self.device, self.cfg.bf16):
-            loss = self.model.loss(x0, returns, actions, generator=self.generator)
+            loss = self.loss_fn(x0, returns, actions, self.generator, self.shard)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         out = {"loss": float(loss.detach())}
