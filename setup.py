@@ -18,7 +18,7 @@ import os
 import shutil
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import find_namespace_packages, setup
 from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
@@ -98,5 +98,12 @@ def _extension_setup() -> tuple[list, dict]:
     return [ext], {"build_ext": BuildExtension}
 
 
+# The Triton kernels live in the top-level kernels/ folder of the source tree (they import nothing
+# of dawm_fast) and install as dawm_fast.kernels: a top-level module named `kernels` would collide
+# with the PyPI package of that name.
+PACKAGES = find_namespace_packages(include=["dawm_fast", "dawm_fast.*"]) + ["dawm_fast.kernels"]
+PACKAGE_DIR = {"dawm_fast.kernels": "kernels"}
+
 ext_modules, ext_cmdclass = _extension_setup()
-setup(ext_modules=ext_modules, cmdclass={"build_py": BuildPyWithSources, **ext_cmdclass})
+setup(packages=PACKAGES, package_dir=PACKAGE_DIR, ext_modules=ext_modules,
+      cmdclass={"build_py": BuildPyWithSources, **ext_cmdclass})

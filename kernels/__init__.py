@@ -1,8 +1,9 @@
 """Fused Triton kernels for the diffusion world model, each beside its plain-PyTorch reference.
 
-This package imports nothing from ``dawm_fast``: kernels take tensors and floats only. Modules:
-``kernels.groupnorm_mish`` (the U-Net block epilogue, forward and backward) and
-``kernels.ddim_update`` (the guided DDIM step with the conditioning write).
+Installed as ``dawm_fast.kernels`` (setup.py maps this top-level folder of the source tree there);
+it imports nothing else of ``dawm_fast``: kernels take tensors and floats only. Modules:
+``groupnorm_mish`` (the U-Net block epilogue, forward and backward) and ``ddim_update`` (the
+guided DDIM step with the conditioning write).
 
 ``triton_usable`` is the one place that decides whether a launcher may run on a tensor:
   * CUDA tensors: yes, when Triton is installed;
@@ -19,8 +20,8 @@ import torch
 
 # The kernel modules are imported here (not re-exported function by function, which would shadow
 # the module names) so that INTERPRETED below is read at the moment their kernels are defined.
-from kernels import ddim_update, groupnorm_mish
-from kernels._triton import HAS_TRITON, triton
+from . import ddim_update, groupnorm_mish
+from ._triton import HAS_TRITON, triton
 
 
 def _interpreting() -> bool:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels._triton import tl, triton
+from ._triton import tl, triton
 
 _BLOCK = 1024
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kernels._triton import tl, triton
+from ._triton import tl, triton
 
 # Largest group tile (elements) one program holds; the default U-Net has 16x8, 64x4 and 128x2.
 _MAX_TILE = 16384

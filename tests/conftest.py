@@ -10,7 +10,7 @@ def _no_nvidia_gpu() -> bool:
                 or shutil.which("nvidia-smi"))
 
 
-# Must run before anything imports ``kernels``: triton.jit reads TRITON_INTERPRET when a kernel is
+# Must run before anything imports ``dawm_fast.kernels``: triton.jit reads TRITON_INTERPRET when a kernel is
 # defined, and only interpreter-built kernels accept CPU tensors. Decided without importing torch
 # (no CUDA initialisation in the pytest process); setdefault lets an explicit TRITON_INTERPRET win.
 if _no_nvidia_gpu():

@@ -95,7 +95,7 @@ def test_fast_trainer_bf16_matches_reference_bf16(seed):
     """The fast trainer under bf16 autocast (on a GPU: autocast inside the step's CUDA graph, the
     Triton epilogues reading and writing bf16; on a CPU under TRITON_INTERPRET=1 the same
     kernels interpreted) against the reference trainer under bf16: losses within bf16 rounding."""
-    from kernels import triton_usable
+    from dawm_fast.kernels import triton_usable
     if not CUDA and not triton_usable(torch.zeros(1)):
         pytest.skip("Triton runs on a CPU only under TRITON_INTERPRET=1")
     dim, batch, steps = (32, 64, 20) if CUDA else (8, 2, 2)

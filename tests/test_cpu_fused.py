@@ -11,7 +11,7 @@ from dawm_fast import ops
 from dawm_fast.sampling import SamplingConfig, sample_windows
 from dawm_fast.world_model import DiffusionWorldModel, TemporalUNetConfig, WorldModelConfig
 from dawm_fast.world_model.fused_unet import _conv1d, fused_unet_forward
-from kernels.groupnorm_mish import groupnorm_mish_reference
+from dawm_fast.kernels.groupnorm_mish import groupnorm_mish_reference
 
 if not ops.has_ops():
     pytest.skip("the dawm_fast C++ extension is unavailable", allow_module_level=True)

@@ -105,7 +105,7 @@ def test_world_model_fast_steps_on_given_batches(seed, device):
 def test_world_model_fast_step_with_triton_epilogues(seed):
     """The Triton GroupNorm+Mish epilogues with their backward inside the training step (on the
     CPU under TRITON_INTERPRET=1): two steps match the reference trainer."""
-    from kernels import triton_usable
+    from dawm_fast.kernels import triton_usable
     if not triton_usable(torch.zeros(1)) and not CUDA:
         pytest.skip("Triton runs on a CPU only under TRITON_INTERPRET=1")
     device = "cuda" if CUDA else "cpu"

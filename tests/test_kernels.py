@@ -19,16 +19,16 @@ if not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"):
     pytest.skip("Triton kernels need a CUDA device or TRITON_INTERPRET=1 (set by conftest.py on "
                 "machines without an NVIDIA driver)", allow_module_level=True)
 
-import kernels  # noqa: E402
+import dawm_fast.kernels as kernels  # noqa: E402
 from dawm_fast.sampling import SamplingConfig, sample_windows  # noqa: E402
 from dawm_fast.sampling.fast import sample_fast  # noqa: E402
 from dawm_fast.sampling.generate import _sample_reference  # noqa: E402
 from dawm_fast.world_model import (DDIMScheduler, DiffusionScheduleConfig,  # noqa: E402
                                    DiffusionWorldModel, TemporalUNetConfig, WorldModelConfig)
 from dawm_fast.world_model.fused_unet import fused_unet_forward  # noqa: E402
-from kernels.ddim_update import (condition_noise, ddim_update,  # noqa: E402
+from dawm_fast.kernels.ddim_update import (condition_noise, ddim_update,  # noqa: E402
                                  ddim_update_reference)
-from kernels.groupnorm_mish import (groupnorm_mish, groupnorm_mish_forward,  # noqa: E402
+from dawm_fast.kernels.groupnorm_mish import (groupnorm_mish, groupnorm_mish_forward,  # noqa: E402
                                     groupnorm_mish_reference)
 
 torch.set_num_threads(1)
@@ -307,7 +307,7 @@ def test_fast_backend_without_triton_installed():
     code = (
         "import sys; sys.modules['triton'] = None\n"           # makes `import triton` fail
         "import torch\n"
-        "import kernels\n"
+        "import dawm_fast.kernels as kernels\n"
         "from dawm_fast.sampling import SamplingConfig, sample_windows\n"
         "from dawm_fast.world_model import DiffusionWorldModel, TemporalUNetConfig, "
         "WorldModelConfig\n"
@@ -337,7 +337,7 @@ _COMPILE_SCRIPT = """
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from kernels import ddim_update as du, groupnorm_mish as gm
+from dawm_fast.kernels import ddim_update as du, groupnorm_mish as gm
 INTS = {"C", "G", "N", "TC", "O", "A", "B", "esb", "est", "esc"}
 
 def build(kernel, opts, **consts):

@@ -21,8 +21,8 @@ from dawm_fast.world_model.fused_unet import fused_unet_forward
 from dawm_fast.world_model.scheduler import DDIMScheduler
 from dawm_fast.ops import has_ops, step_kwargs
 from dawm_fast.sampling.cpp_loop import sample_cpp
-from kernels import HAS_TRITON, triton_usable
-from kernels.ddim_update import (condition_noise, condition_noise_reference, ddim_update,
+from dawm_fast.kernels import HAS_TRITON, triton_usable
+from dawm_fast.kernels.ddim_update import (condition_noise, condition_noise_reference, ddim_update,
                                  ddim_update_reference)
 
 

@@ -28,7 +28,7 @@ from dawm_fast.world_model.fused_unet import fused_unet_forward
 from dawm_fast.world_model.precision import bf16_autocast
 from dawm_fast.world_model.training import (WindowBatcher, WorldModelTrainer,
                                             WorldModelTrainerConfig, _unpack)
-from kernels import HAS_TRITON
+from dawm_fast.kernels import HAS_TRITON
 
 
 class FastWorldModelTrainer(WorldModelTrainer):

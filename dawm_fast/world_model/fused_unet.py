@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from torch.utils.weak import WeakTensorKeyDictionary
 
 from dawm_fast.world_model.unet import Conv1dBlock, ResidualTemporalBlock, TemporalUNet
-from kernels import triton_usable
-from kernels.groupnorm_mish import groupnorm_mish, groupnorm_mish_reference
+from dawm_fast.kernels import triton_usable
+from dawm_fast.kernels.groupnorm_mish import groupnorm_mish, groupnorm_mish_reference
 
 Epilogue = Callable[..., torch.Tensor]
 
