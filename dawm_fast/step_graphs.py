@@ -20,11 +20,8 @@ from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
-REFERENCE_HINT = "rerun with --backend reference (plain eager PyTorch) to go on"
-
-
 class GraphCaptureError(RuntimeError):
-    """A training step could not be captured as a CUDA graph."""
+    """A training step could not be captured as a CUDA graph (the caller says what to do)."""
 
 
 def make_fused(optimizer: torch.optim.Optimizer, capturable: bool) -> torch.optim.Optimizer:
@@ -114,7 +111,7 @@ class StepGraph:
             if not hasattr(graph, "register_generator_state"):
                 raise GraphCaptureError(
                     f"{self.stage}: this torch ({torch.__version__}) cannot capture random draws "
-                    f"from a user generator in a CUDA graph (needs torch >= 2.5); {REFERENCE_HINT}")
+                    f"from a user generator in a CUDA graph (needs torch >= 2.5)")
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
@@ -132,7 +129,7 @@ class StepGraph:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             raise GraphCaptureError(
                 f"{self.stage}: capturing the training step as a CUDA graph failed "
-                f"({type(exc).__name__}: {first[:200]}); {REFERENCE_HINT}") from exc
+                f"({type(exc).__name__}: {first[:200]})") from exc
         finally:
             torch.cuda.synchronize()
             with torch.no_grad():
