@@ -31,6 +31,7 @@ from dawm_fast.rl.td3bc import TD3BC
 from dawm_fast.run_io import (MetricsLog, Progress, RunError, atomic_torch_save, deferred_stop,
                               load_arrays, load_checkpoint, nonfinite_tensors, raise_if_stopped,
                               reading, stop_requested, write_json)
+from dawm_fast.ops import ExtensionUnavailable
 from dawm_fast.sampling import generate_transitions
 from dawm_fast.step_graphs import GraphCaptureError
 from dawm_fast.world_model import (DiffusionWorldModel, InverseDynamics, WorldModelTrainer,
@@ -132,8 +133,10 @@ class Pipeline:
                 self.metrics.truncate_after(stage, -1)   # a stage redone from its start logs anew
             try:
                 info = getattr(self, f"stage_{stage}")() or {}
-            except GraphCaptureError as exc:   # finished stages and checkpoints stay on disk
-                raise RunError(str(exc)) from exc
+            except (GraphCaptureError, ExtensionUnavailable) as exc:
+                # finished stages and checkpoints stay on disk, and either backend resumes them
+                raise RunError(f"{exc}; rerun with --backend reference (plain eager PyTorch) "
+                               f"to go on") from exc
             if not self.done(stage):
                 self._finish(stage, time.time() - t0 + self._resumed_wall(stage), **info)
             if stage == until:
