@@ -9,12 +9,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from dawm_fast import distributed
 from dawm_fast.config import (STATE_NORMALIZERS, PipelineConfig, config_from_dict,
                               world_model_fingerprint)
 from dawm_fast.data import (MinMaxNormalizer, Normalizer, OfflineDataset, load_dataset,
@@ -28,7 +30,8 @@ from dawm_fast.rl.buffer import MixedSampler, Transitions, compute_obs_stats, iq
 from dawm_fast.rl.fast_updates import FastIQL, FastTD3BC
 from dawm_fast.rl.iql import IQL
 from dawm_fast.rl.td3bc import TD3BC
-from dawm_fast.run_io import (MetricsLog, Progress, RunError, atomic_torch_save, deferred_stop,
+from dawm_fast.distributed import World
+from dawm_fast.run_io import (Interrupted, MetricsLog, Progress, RunError, atomic_torch_save, deferred_stop,
                               load_arrays, load_checkpoint, nonfinite_tensors, raise_if_stopped,
                               reading, stop_requested, write_json)
 from dawm_fast.ops import ExtensionUnavailable
@@ -53,9 +56,13 @@ SYNTHETIC_KEYS = ("observations", "actions", "rewards", "next_observations", "te
 
 
 class Pipeline:
-    def __init__(self, cfg: PipelineConfig, out: Path):
+    def __init__(self, cfg: PipelineConfig, out: Path, world: World = World()):
         self.cfg = cfg
         self.out = out
+        # Under torchrun: rank 0 runs every stage and writes every file; the other ranks run
+        # world_model_worker() and join the world-model stage only.
+        self.world = world
+        self._workers_released = not world.active
         self.device = torch.device(cfg.device)
         self.family, self.kind = parse_task(cfg.env)
         self.progress_path = out / "progress.json"
@@ -106,6 +113,29 @@ class Pipeline:
     # -- the run ---------------------------------------------------------------------------------
     def run(self, until: str | None = None) -> dict | None:
         """Run (or resume) every stage; with `until`, stop after that stage and return None."""
+        try:
+            return self._run(until)
+        finally:
+            self._release_workers(None)    # the other ranks are not needed (or rank 0 failed)
+
+    def _release_workers(self, message: dict | None) -> None:
+        """Tell the other ranks, once, whether they join world-model training (`message` holds
+        the checkpoint to start from) or are done (None)."""
+        if not self._workers_released:
+            self._workers_released = True
+            distributed.broadcast(message, self.world)
+
+    def world_model_worker(self) -> None:
+        """A rank other than 0: wait for rank 0's word, then load the data (read only) and train
+        the world model data-parallel with it; write nothing."""
+        message = distributed.broadcast(None, self.world)
+        if message is None:
+            return
+        self.metrics = None
+        self.stage_data()
+        self._train_world_model(message["checkpoint"])
+
+    def _run(self, until: str | None) -> dict | None:
         cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
         self._load_progress()
@@ -128,6 +158,9 @@ class Pipeline:
             if cfg.world_model_dir is not None and stage in WORLD_MODEL_STAGES:
                 self._adopt_shared(stage)
                 continue
+            if stage != "world_model" and self.world.active and STAGES.index(stage) > \
+                    STAGES.index("world_model"):
+                self._release_workers(None)
             ckpt = CHECKPOINTS.get(stage)
             if ckpt is None or not (self.out / ckpt).exists():
                 self.metrics.truncate_after(stage, -1)   # a stage redone from its start logs anew
@@ -183,7 +216,8 @@ class Pipeline:
         cfg = self.cfg
         t0 = time.time()
         ds = load_dataset(cfg.env, source=cfg.data_source, path=cfg.data_path)
-        self._check_data_fingerprint(ds)
+        if self.world.is_main:
+            self._check_data_fingerprint(ds)
         if cfg.max_transitions is not None:
             ds = subset_episodes(ds, cfg.max_transitions, cfg.seed)
         if cfg.episode_fraction < 1.0:
@@ -192,7 +226,8 @@ class Pipeline:
         print(f"[data] {ds.summary()}", flush=True)
         print(f"[data] evaluation env: {ds.eval_env_id}", flush=True)
         norm_dir = self.out / "normalizers"
-        norm_dir.mkdir(exist_ok=True)
+        if self.world.is_main:
+            norm_dir.mkdir(exist_ok=True)
         paths = norm_dir / "states.npz", norm_dir / "rewards.npz"
         if all(p.exists() for p in paths):
             self.state_norm, self.reward_norm = (self._load_normalizer(p, k, d) for p, k, d in zip(
@@ -294,32 +329,56 @@ class Pipeline:
         return model.to(self.device)
 
     def stage_world_model(self) -> dict:
-        cfg = self.cfg
+        ckpt_path = self.out / "world_model_ckpt.pt"
+        ck = None
+        if ckpt_path.exists():
+            ck = load_checkpoint(ckpt_path, "world_model", ("trainer", "batch_generator"))
+        self._release_workers({"checkpoint": ck})     # under torchrun: the other ranks join
+        return self._train_world_model(ck)
+
+    def _train_world_model(self, ck: dict | None) -> dict:
+        """The world-model loop, on every rank under torchrun (rank 0 alone logs and writes)."""
+        cfg, world, main = self.cfg, self.world, self.world.is_main
         model = self.new_world_model()
-        trainer_cls = FastWorldModelTrainer if cfg.backend == "fast" else WorldModelTrainer
-        trainer = trainer_cls(model, WorldModelTrainerConfig(
-            lr=cfg.wm_lr, seed=cfg.seed + 2, ema=cfg.wm_ema, bf16=cfg.wm_bf16))
+        trainer_cfg = WorldModelTrainerConfig(lr=cfg.wm_lr, seed=cfg.seed + 2, ema=cfg.wm_ema,
+                                              bf16=cfg.wm_bf16)
+        if world.active:
+            if cfg.wm_batch_size % world.size:
+                raise RunError(f"[world_model] the batch of {cfg.wm_batch_size} windows does not "
+                               f"split over {world.size} processes; launch a world size that "
+                               f"divides it, or --set wm_batch_size=...")
+            # The CUDA-graph step does not capture DDP's gradient all-reduce yet: data-parallel
+            # training runs the eager step on every backend.
+            trainer = WorldModelTrainer(model, trainer_cfg, shard=world.shard)
+        else:
+            trainer_cls = FastWorldModelTrainer if cfg.backend == "fast" else WorldModelTrainer
+            trainer = trainer_cls(model, trainer_cfg)
         batch_gen = torch.Generator(device=self.device).manual_seed(cfg.seed + 3)
         ckpt_path = self.out / "world_model_ckpt.pt"
         wall_before = 0.0
-        if ckpt_path.exists():
-            ck = load_checkpoint(ckpt_path, "world_model", ("trainer", "batch_generator"))
+        if ck is not None:
             with reading(ckpt_path, "world_model"):
                 trainer.load_state_dict(ck["trainer"])
                 batch_gen.set_state(ck["batch_generator"])
             wall_before = ck.get("wall_s", 0.0)
-            self.metrics.truncate_after("world_model", trainer.step)
-            print(f"[world_model] resumed at step {trainer.step:,}", flush=True)
+            if main:
+                self.metrics.truncate_after("world_model", trainer.step)
+                print(f"[world_model] resumed at step {trainer.step:,}", flush=True)
         n_params = sum(p.numel() for p in model.parameters())
         path = getattr(trainer, "path_description", "reference (eager PyTorch)")
-        print(f"[world_model] temporal U-Net {n_params / 1e6:.2f}M parameters, "
-              f"{cfg.wm_steps:,} steps at batch {cfg.wm_batch_size}"
-              f"{' in bf16 autocast' if cfg.wm_bf16 else ''}; training path: {path}",
-              flush=True)
+        if world.active:
+            path = (f"DistributedDataParallel over {world.size} processes, "
+                    f"{cfg.wm_batch_size // world.size} windows each (eager step)")
+        if main:
+            print(f"[world_model] temporal U-Net {n_params / 1e6:.2f}M parameters, "
+                  f"{cfg.wm_steps:,} steps at batch {cfg.wm_batch_size}"
+                  f"{' in bf16 autocast' if cfg.wm_bf16 else ''}; training path: {path}",
+                  flush=True)
         # Windows stay on the device; each step draws its batch there (inside the step's CUDA
         # graph on the fast path).
         batcher = WindowBatcher(self.windows["x0"], self.windows["returns"],
-                                self.windows["actions"], cfg.wm_batch_size, batch_gen)
+                                self.windows["actions"], cfg.wm_batch_size, batch_gen,
+                                shard=world.shard)
         prog = Progress("world_model", cfg.wm_steps, trainer.step, cfg.progress_every_s)
         t0, losses, last_loss = time.time(), [], float("nan")
         nan_advice = (f"(not saved); rerun in another --out with a lower learning rate (--set "
@@ -330,15 +389,24 @@ class Pipeline:
                 losses.append(out["loss"])  # a float, or a device tensor (fast path: no sync)
                 step = trainer.step
                 if step % 100 == 0 or step == cfg.wm_steps:
-                    last_loss = float(torch.stack([torch.as_tensor(v) for v in losses]).mean())
+                    # the global batch's loss: the mean over ranks (all ranks see the same value)
+                    last_loss = float(distributed.mean_over_ranks(
+                        torch.stack([torch.as_tensor(v) for v in losses]).mean(), world))
                     if not np.isfinite(last_loss):
                         raise RunError(f"[world_model] the loss became {last_loss} by step "
                                        f"{step} {nan_advice}")
-                    self.metrics.log("world_model", step, loss=last_loss)
+                    if main:
+                        self.metrics.log("world_model", step, loss=last_loss)
                     losses = []
-                prog.update(step, loss=last_loss)
+                if main:
+                    prog.update(step, loss=last_loss)
+                stopping = distributed.any_rank(stop_requested(), world, self.device)
+                if not main:
+                    if stopping:
+                        raise Interrupted(signal.SIGTERM)
+                    continue
                 if (step % cfg.wm_checkpoint_every == 0 or step == cfg.wm_steps
-                        or stop_requested()):
+                        or stopping):
                     state = trainer.state_dict()
                     bad = nonfinite_tensors(state)
                     if bad:
@@ -346,7 +414,11 @@ class Pipeline:
                                        f"{step} {nan_advice}")
                     atomic_torch_save({"trainer": state, "batch_generator": batch_gen.get_state(),
                                        "wall_s": wall_before + time.time() - t0}, ckpt_path)
+                    if stopping and not stop_requested():    # another rank was signalled
+                        raise Interrupted(signal.SIGTERM)
                     raise_if_stopped()
+        if not main:
+            return {}
         atomic_torch_save({"ema_model": trainer.ema.model.state_dict()},
                           self.out / "world_model.pt")
         self._wall_before = {"world_model": wall_before}

@@ -7,6 +7,7 @@ from the last checkpoint). Writes DIR/results.json, DIR/metrics.csv and DIR/plot
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from dawm_fast import distributed
 from dawm_fast.config import (ALGOS, BACKENDS, PRESETS, STATE_NORMALIZERS, apply_overrides,
                               config_from_dict, config_problems, preset_config,
                               with_state_normalizer)
@@ -196,6 +198,12 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     out = args.out or Path("runs") / (f"{cfg.env}_{cfg.algo}_{cfg.preset}_ratio"
                                       f"{cfg.synthetic_ratio:g}_seed{cfg.seed}")
+    world = distributed.world_from_env()      # torchrun: data-parallel world-model training
+    if world.active:
+        cfg.device = distributed.device_for(world, cfg.device)
+        distributed.init(world, cfg.device)
+        if not world.is_main:
+            return _run_worker(cfg, out, world)
     prepare_out_dir(out)
     # One owner per run directory, from before anything is written into it to the end.
     try:
@@ -205,19 +213,38 @@ def main(argv=None) -> int:
         die(str(e), BUSY_EXIT_CODE)
 
 
+def _run_worker(cfg, out: Path, world) -> int:
+    """A rank other than 0 under torchrun: it joins the world-model stage and writes nothing."""
+    from dawm_fast.pipeline import Pipeline
+
+    try:
+        with stop_signals(), open(os.devnull, "w") as quiet, \
+                contextlib.redirect_stdout(quiet):       # rank 0 speaks for the run
+            Pipeline(cfg, out, world).world_model_worker()
+    except (RunError, DatasetError, UnknownTaskError) as e:
+        die(f"rank {world.rank}: {e}")
+    except KeyboardInterrupt as e:
+        return 128 + getattr(e, "signum", signal.SIGINT)
+    finally:
+        distributed.shutdown()
+    return 0
+
+
 def _run(args: argparse.Namespace, cfg, out: Path) -> int:
     from dawm_fast.pipeline import Pipeline
 
     check_out_dir(out, cfg)
+    world = distributed.world_from_env()
+    ranks = f" | {world.size} processes (torchrun)" if world.active else ""
     print(f"dawm_fast | env {cfg.env} | algo {cfg.algo} | preset {cfg.preset} | seed {cfg.seed} | "
           f"backend {cfg.backend} | device {cfg.device} ({torch.get_num_threads()} CPU threads) | "
-          f"data source {cfg.data_source} | synthetic ratio {cfg.synthetic_ratio} | out {out}",
-          flush=True)
+          f"data source {cfg.data_source} | synthetic ratio {cfg.synthetic_ratio} | out {out}"
+          f"{ranks}", flush=True)
     if cfg.wm_bf16 and not cfg.device.startswith("cuda"):
         print("note: --bf16 on a CPU runs, but slower than fp32 on CPUs without bf16 matrix units; "
               "it is meant for GPUs", flush=True)
     try:
-        res = Pipeline(cfg, out).run(until=args.until)
+        res = Pipeline(cfg, out, world).run(until=args.until)
     except (RunError, DatasetError, UnknownTaskError) as e:
         die(str(e))
     except KeyboardInterrupt as e:     # SIGINT or SIGTERM (Interrupted), alike
@@ -226,6 +253,8 @@ def _run(args: argparse.Namespace, cfg, out: Path) -> int:
               f"same command to resume from the last checkpoint in {out}", file=sys.stderr,
               flush=True)
         return 128 + signum
+    finally:
+        distributed.shutdown()
     if res is None:
         print(f"stopped after stage {args.until}; rerun without --until to continue in {out}",
               flush=True)

@@ -121,3 +121,43 @@ def test_checkpoints_resume_across_world_sizes(tmp_path):
 def test_uneven_split_is_refused():
     with pytest.raises(ValueError, match="does not split evenly over 3 processes"):
         WindowBatcher(*windows(), 8, torch.Generator(), shard=(0, 3))
+
+
+TINY_RUN = [f"--set={kv}" for kv in (
+    "rl_steps=20", "eval_every=20", "wm_steps=30", "wm_checkpoint_every=10", "idm.n_steps=20",
+    "n_synthetic_starts=64", "eval_episodes=1", "final_eval_episodes=1")]
+
+
+def test_torchrun_pipeline_matches_one_process(tmp_path, monkeypatch):
+    """`torchrun --nproc_per_node 2 -m dawm_fast.train` (gloo) trains the world model that one
+    process trains; rank 0 alone writes the run directory."""
+    import json
+    import subprocess
+    import sys
+
+    from dawm_fast import train
+    from dawm_fast.data import embedded
+    from dawm_fast.data.tasks import env_family
+
+    with embedded.random_policy_store(tmp_path / "store", env_family("walker2d")):
+        args = ["--env", "walker2d-medium-expert", "--preset", "smoke", "--device", "cpu",
+                "--threads", "1", *TINY_RUN]
+        assert train.main(args + ["--out", str(tmp_path / "one")]) == 0
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node",
+                               "2", "-m", "dawm_fast.train", *args, "--out",
+                               str(tmp_path / "two")], capture_output=True, text=True, env=env,
+                              cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "DistributedDataParallel over 2 processes, 32 windows each" in proc.stdout
+    assert proc.stdout.count("[idm] training") == 1        # the other rank ran no stage
+    one, two = (torch.load(tmp_path / d / "world_model.pt", weights_only=False)["ema_model"]
+                for d in ("one", "two"))
+    inert = {k.split("unet.", 1)[-1] for k in inert_parameters()}
+    for k, v in one.items():
+        if k.split("unet.", 1)[-1] in inert:
+            assert (v - two[k]).abs().max() <= 1e-4 * 30 * 1.01, k     # wm_lr per step
+        else:
+            torch.testing.assert_close(two[k], v, rtol=1e-3, atol=1e-4, msg=k)
+    res = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert res["synthetic_transitions"] > 0 and "final_score_mean" in res
