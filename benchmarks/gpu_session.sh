@@ -12,9 +12,9 @@
 #   unpack it under behavior_runs/ and run dawm_fast.behavior.export on it. py: run a Python script
 #   (e.g. benchmarks/profile_step.py), its log in $OUT.
 #
-# The device tool copies the working tree (at most 64 MiB); the tracked behavior_runs/ (~61 MB of
-# behaviour-training checkpoints) does not fit beside the rest, and no stage needs it except
-# `behaviour`: move it out of the tree for the call and back after it.
+# The device tool copies the working tree (at most 64 MiB); a local behavior_runs/ (git-ignored,
+# ~61 MB of behaviour-training checkpoints) does not fit beside the rest, and no stage needs it
+# except `behaviour`: move it out of the tree for the call and back after it.
 #
 # e.g. bash benchmarks/gpu_session.sh install@120 "tests=tests/test_ops.py" \
 #        "bench@90=benchmarks/test_sampling.py"      (stage@seconds sets that stage's limit)
