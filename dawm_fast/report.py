@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from dawm_fast.experiments.report import ReportError, write_report
+from dawm_fast.experiments.report import ReportError, export_results, write_report
 from dawm_fast.run_io import die
 
 
@@ -22,11 +22,21 @@ def main(argv=None) -> int:
     p.add_argument("--reps", type=int, default=10_000, help="bootstrap resamples")
     p.add_argument("--command", action="append", default=[],
                    help="the command(s) that made the sweep, quoted in report.md")
+    p.add_argument("--export", type=Path, default=None, metavar="DIR",
+                   help="copy every finished run's results (results.json, metrics.csv, "
+                        "config.json, dynamics_check.json, plots) to DIR and write the report "
+                        "there: a directory to commit, without checkpoints or synthetic data")
     args = p.parse_args(argv)
     try:
-        rep = write_report(args.sweep_dir, args.reps, args.command)
+        root = args.sweep_dir
+        if args.export is not None:
+            n = export_results(root, args.export)
+            print(f"exported {n} files of finished runs to {args.export}", flush=True)
+            root = args.export
+        rep = write_report(root, args.reps, args.command)
     except ReportError as e:
         die(str(e))
+    args.sweep_dir = root
     n_ok = sum(not c["refused"] for c in rep["cells"])
     print(f"report: {rep['n_runs']} runs in {n_ok} cells ({len(rep['cells']) - n_ok} refused); "
           f"{args.sweep_dir / 'report.md'}, report.json, plots/", flush=True)

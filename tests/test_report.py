@@ -118,3 +118,24 @@ def test_report_bad_input_is_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         report_cli.main([str(tmp_path)])
     assert "results.json is not a readable" in capsys.readouterr().err
+
+
+def test_export_copies_results_not_checkpoints(tmp_path, capsys):
+    sweep_dir = tmp_path / "sweep"
+    run = fake_run(sweep_dir, "hopper-medium", "td3bc", "plain", 0, 50.0, [40, 50, 60])
+    (run / "agent.pt").write_bytes(b"checkpoint")
+    (run / "plots").mkdir()
+    (run / "plots" / "learning_curve.png").write_bytes(b"png")
+    wm = sweep_dir / "wm" / "hopper-medium_seed0_abc"
+    wm.mkdir(parents=True)
+    (wm / "synthetic.npz").write_bytes(b"data")
+    (wm / "progress.json").write_text("{}")
+    assert report_cli.main([str(sweep_dir), "--export", str(tmp_path / "out"), "--reps",
+                            "100"]) == 0
+    out = tmp_path / "out"
+    copied = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert "rl/hopper-medium_td3bc_plain_seed0/results.json" in copied
+    assert "rl/hopper-medium_td3bc_plain_seed0/plots/learning_curve.png" in copied
+    assert "wm/hopper-medium_seed0_abc/progress.json" in copied and "report.md" in copied
+    assert not any(p.endswith((".pt", ".npz")) for p in copied)
+    assert json.loads((out / "report.json").read_text())["cells"][0]["final_mean"] == 50.0

@@ -385,3 +385,35 @@ def write_report(root: Path, reps: int = stats.DEFAULT_REPS,
     atomic_write_text(root / "report.md", to_markdown(rep, commands))
     write_plots(rep, load_runs(root), root / "plots")
     return rep
+
+
+# What a finished run leaves that is worth keeping: no checkpoints, no synthetic data.
+EXPORTED = ("results.json", "metrics.csv", "config.json", "progress.json", "dynamics_check.json",
+            "plots/*.png")
+
+
+def export_results(root: Path, dest: Path) -> int:
+    """Copy the results of every finished run under `root` (and the sweep's own record) to
+    `dest`, keeping the layout; returns the number of files copied."""
+    import shutil
+
+    if not root.is_dir():
+        raise ReportError(f"{root} is not a directory; give a sweep directory")
+    runs = sorted(p.parent for p in root.rglob("results.json") if p.parent != root)
+    if not runs:
+        raise ReportError(f"{root} holds no finished run (no results.json under it); nothing to "
+                          f"export")
+    n = 0
+    sources = [root / "sweep.json"] + [f for run in runs for pattern in EXPORTED
+                                       for f in sorted(run.glob(pattern))]
+    # the world models the runs read: their progress (what they measured) and config
+    for wm in sorted((root / "wm").glob("*")) if (root / "wm").is_dir() else []:
+        sources += [wm / "progress.json", wm / "config.json", wm / "dynamics_check.json",
+                    *sorted(wm.glob("plots/*.png")), wm / "metrics.csv"]
+    for src in sources:
+        if src.is_file():
+            target = dest / src.relative_to(root)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, target)
+            n += 1
+    return n
