@@ -67,18 +67,25 @@ def _model():
 
 def _sample(use_graph, forward_kind):
     import torch
+    import dawm_fast.ops as ops
     from dawm_fast.sampling import SamplingConfig
-    from dawm_fast.sampling.cpp_loop import sample_cpp
-    from dawm_fast.world_model.fused_unet import fused_unet_forward
-    import functools
+    from dawm_fast.sampling.fast import FastStep
+    from dawm_fast.sampling.loop import draw_noise, guided_loop
     m = _model()
     b = 8
     s0, a0 = torch.rand(b, OBS, device="cuda"), torch.rand(b, ACT, device="cuda")
     ret = torch.full((b,), 0.9, device="cuda")
-    fwd = m.unet if forward_kind == "unet" else functools.partial(fused_unet_forward, m.unet,
-                                                                  use_triton=True)
+    step = FastStep(m, SamplingConfig())
+    if forward_kind == "unet":
+        step.unet = m.unet            # the ops around the plain U-Net
     g = torch.Generator("cuda").manual_seed(0)
-    x = sample_cpp(m, s0, a0, ret, SamplingConfig(), g, forward=fwd, use_cuda_graph=use_graph)
+    noise, _ = draw_noise((b, m.horizon, m.transition_dim), len(step.timesteps), 0.0, g, s0)
+    with torch.no_grad():
+        if use_graph:
+            x = ops.GraphSampler().replay(lambda *t: guided_loop(step, *t), [s0, a0, ret, noise],
+                                          step.graph_key())
+        else:
+            x = guided_loop(step, s0, a0, ret, noise)
     torch.cuda.synchronize()
     print("ok", x.float().abs().sum().item())
 

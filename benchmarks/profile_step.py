@@ -132,7 +132,7 @@ def _banded_through(max_t):
     return horizon
 
 
-# name -> {module attribute of fused_unet: replacement}; each variant builds a fresh model, so no
+# name -> {attribute of fused_unet (or of a class of it): replacement}; each variant builds a fresh model, so no
 # CUDA graph of another variant is reused.
 TRAINING_VARIANTS = {
     "fast": {},
@@ -141,22 +141,29 @@ TRAINING_VARIANTS = {
 }
 SAMPLING_VARIANTS = {
     "fast": {},
-    "fast, banded matrix not cached": {"_banded_matrix": lambda w, p, t: fused_unet.banded_weight(w, p, t)},
+    "fast, banded matrix not cached": {"FusedConv1dBlock.banded_matrix": lambda self, t: (
+        fused_unet.banded_weight(self.conv.weight, self.conv.padding[0], t))},
     "fast, banded up to T=4": {"banded_max_horizon": _banded_through(4)},
     "fast, banded up to T=2": {"banded_max_horizon": _banded_through(2)},
 }
 
 
+def _owner(name: str):
+    """(object, attribute) for "attr" or "Class.attr" of fused_unet."""
+    *cls, attr = name.split(".")
+    return (getattr(fused_unet, cls[0]) if cls else fused_unet), attr
+
+
 @contextlib.contextmanager
 def patched(attrs: dict):
-    saved = {k: getattr(fused_unet, k) for k in attrs}
+    saved = {k: getattr(*_owner(k)) for k in attrs}
     for k, v in attrs.items():
-        setattr(fused_unet, k, v)
+        setattr(*_owner(k), v)
     try:
         yield
     finally:
         for k, v in saved.items():
-            setattr(fused_unet, k, v)
+            setattr(*_owner(k), v)
 
 
 def sampling_call(b: int):

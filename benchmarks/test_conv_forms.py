@@ -1,5 +1,5 @@
 """The U-Net's "same" convolutions, shape by shape: reference = F.conv1d (cuDNN / mkldnn), fast =
-the form the fused forward picks on this device (``fused_unet._conv1d``), banded = always the
+the form the fused block picks on this device (``FusedConv1dBlock.conv_forward``), banded = always the
 banded GEMM. Inference at the sampling batch (2B rows), training (forward + backward) at the
 training batch. This is the measurement behind ``fused_unet.banded_max_horizon``."""
 from __future__ import annotations
@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import DEVICE, GPU, record, sync, unet_config
-from dawm_fast.world_model.fused_unet import _conv1d, _conv1d_banded
+from dawm_fast.world_model.fused_unet import FusedConv1dBlock, banded_weight, conv1d_banded
 from dawm_fast.world_model.unet import Conv1dBlock, TemporalUNet
 
 OBS_DIM, ACT_DIM, HORIZON = 17, 6, 8
@@ -42,12 +42,13 @@ ROWS = {"inference": 8192 if GPU else 512, "training": 256 if GPU else 64}
 def test_conv_form(benchmark, shape, mode, impl):
     cin, cout, t = shape
     torch.manual_seed(0)
-    conv = torch.nn.Conv1d(cin, cout, unet_config().kernel_size,
-                           padding=unet_config().kernel_size // 2).to(DEVICE)
+    block = FusedConv1dBlock(Conv1dBlock(cin, cout, unet_config().kernel_size, 1)).to(DEVICE)
+    conv = block.conv
     x = torch.randn(ROWS[mode], cin, t, device=DEVICE, requires_grad=mode == "training")
     fn = {"reference": lambda: F.conv1d(x, conv.weight, None, 1, conv.padding),
-          "fast": lambda: _conv1d(x, conv),
-          "banded": lambda: _conv1d_banded(x, conv.weight, conv.padding[0])}[impl]
+          "fast": lambda: block.conv_forward(x),
+          "banded": lambda: conv1d_banded(x, banded_weight(conv.weight, conv.padding[0], t),
+                                          cout)}[impl]
 
     def run():
         if mode == "training":

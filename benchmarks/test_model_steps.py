@@ -13,7 +13,7 @@ from dawm_fast.rl.td3bc import TD3BC
 from dawm_fast.world_model import WorldModelTrainer
 from dawm_fast.world_model.fast_training import FastWorldModelTrainer
 from dawm_fast.world_model.training import WorldModelTrainerConfig
-from dawm_fast.world_model.fused_unet import fused_unet_forward
+from dawm_fast.world_model.fused_unet import fused_copy
 
 
 @pytest.mark.parametrize("impl", ["reference", "fast", "compile"])
@@ -26,7 +26,8 @@ def test_unet_forward(benchmark, world_model, compiled_model, impl):
     act = torch.rand(b, ACT_DIM, device=DEVICE)
     mask = torch.ones(b, device=DEVICE)
     if impl == "fast":
-        fn = lambda: fused_unet_forward(world_model.unet, x, t, ret, act, mask)
+        fused = fused_copy(world_model.unet)
+        fn = lambda: fused(x, t, ret, act, mask)
     else:
         unet = compiled_model.unet if impl == "compile" else world_model.unet
         fn = lambda: unet(x, t, ret, act, mask)

@@ -1,5 +1,5 @@
-// Plain parameter structs shared by the CPU kernel, the CUDA kernel and their launchers.
-// No torch headers here on purpose: the .cu file includes this and must compile with nvcc alone.
+// Plain parameter structs of the CPU DDIM kernels (csrc/cpu/ddim_update_cpu.cpp). No torch
+// headers: plain C++ that any kernel (a CUDA one included) can share.
 #pragma once
 
 #include <cstdint>
@@ -15,8 +15,7 @@ struct WindowDims {
   int64_t A;  // act_dim: action channels [O, O + A)
 };
 
-// Host and device: the CPU kernel and the CUDA kernel share these two helpers, so the
-// conditioning rule and the NaN-propagating clamp exist once.
+// The conditioning rule and the NaN-propagating clamp, callable from host and device code.
 #if defined(__CUDACC__)
 #define DAWM_HOST_DEVICE __host__ __device__ __forceinline__
 #else

@@ -1,7 +1,7 @@
-// GraphSampler: the whole guided DDIM sampling loop in C++, with the U-Net supplied as a Python
-// callable. On CPU (or CUDA without graphs) the loop runs eagerly; on CUDA it is captured once per
-// input signature into a CUDA graph and afterwards only replayed, so a batch costs one graph launch
-// instead of N U-Net forwards driven from Python.
+// GraphSampler: captures a Python callable (the guided sampling loop of dawm_fast.sampling) into
+// a CUDA graph once per key and input signature, and afterwards only replays it, so a batch
+// costs one graph launch instead of N U-Net forwards and N updates driven from Python. It knows
+// nothing of sampling: the loop, its step function and its constants are the caller's.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -11,46 +11,13 @@
 #include <list>
 #include <memory>
 #include <mutex>
-#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
 
 namespace dawm_fast {
 
-// The constants of one DDIM step, in DDIMScheduler.step_coefficients order (float64 as computed
-// there; the kernels round them to float32 exactly where PyTorch would).
-struct StepCoefs {
-  double sqrt_recip_alpha;
-  double sqrt_recipm1_alpha;
-  double sqrt_alpha;
-  double recip_sqrt_one_minus_alpha;
-  double sqrt_alpha_prev;
-  double dir_coef;
-  double sigma;
-};
-
-// Everything the guided loop needs besides the tensors and the network.
-struct LoopSpec {
-  std::vector<int64_t> timesteps;  // the descending DDIM timesteps, one per step
-  std::vector<StepCoefs> coefs;    // step_coefficients(i) for each step i
-  std::optional<double> clip;      // x0 clip bound; nullopt when clip_sample is off
-  double w = 1.0;                  // guidance weight: eps = w * eps_cond + (1 - w) * eps_uncond
-  double temperature = 1.0;        // scales the initial noise and every eta noise draw
-};
-
-// The guided loop, exactly as the reference sampler runs it:
-//   x = conditioning(temperature * noise)
-//   for each step i: eps2 = forward([x; x], t_i, [g; g], [a0; a0], [1; 0])
-//                    x = ddim_guided_update(eps2, x, ..., step_noise[i] if given)
-// forward(x2 [2B, T, C], t2 [2B] long, returns2 [2B], actions2 [2B, A], mask2 [2B]) -> eps2.
-// Called eagerly and, unchanged, under CUDA graph capture.
-at::Tensor run_guided_loop(const pybind11::object& forward, const at::Tensor& s0,
-                           const at::Tensor& a0, const at::Tensor& returns,
-                           const at::Tensor& noise, const std::optional<at::Tensor>& step_noise,
-                           const LoopSpec& spec);
-
-// True when this build has the CUDA kernels and CUDA graph support.
+// True when this build has CUDA graph support.
 bool built_with_cuda();
 
 class GraphSampler {
@@ -60,14 +27,12 @@ class GraphSampler {
   GraphSampler(const GraphSampler&) = delete;
   GraphSampler& operator=(const GraphSampler&) = delete;
 
-  // Sample windows x [B, T, C]. s0 [B, O], a0 [B, A], returns [B], noise [B, T, C] (the raw
-  // initial randn), step_noise [N, B, T, C] (the raw per-step randn, only when eta > 0), all
-  // float32 on one device. use_cuda_graph: capture / replay a CUDA graph (CUDA tensors only).
-  // tag: extra text for the graph key (e.g. which network `forward` runs).
-  at::Tensor sample(const pybind11::object& forward, const at::Tensor& s0, const at::Tensor& a0,
-                    const at::Tensor& returns, const at::Tensor& noise,
-                    const std::optional<at::Tensor>& step_noise, const LoopSpec& spec,
-                    bool use_cuda_graph, const std::string& tag);
+  // run(*inputs) -> Tensor, on CUDA tensors of one device. The first call for a key (the
+  // caller's key plus every input's shape, dtype and device) captures `run` on static copies of
+  // the inputs; every call refills them and replays. `key` must name everything `run` bakes
+  // into the graph (its constants, which network it calls).
+  at::Tensor replay(const pybind11::object& run, const std::vector<at::Tensor>& inputs,
+                    const std::string& key);
 
   // Keys of the cached graphs, most recently used first.
   std::vector<std::string> graph_keys();
@@ -76,12 +41,7 @@ class GraphSampler {
   void clear();
 
  private:
-  struct Graph;  // one captured loop with its static buffers; defined in graph_sampler.cpp
-
-  at::Tensor sample_graph(const pybind11::object& forward, const at::Tensor& s0,
-                          const at::Tensor& a0, const at::Tensor& returns,
-                          const at::Tensor& noise, const std::optional<at::Tensor>& step_noise,
-                          const LoopSpec& spec, const std::string& tag);
+  struct Graph;  // one captured call with its static buffers; defined in graph_sampler.cpp
 
   int64_t max_graphs_;
   // LRU cache, front = most recently used. At most max_graphs_ entries.

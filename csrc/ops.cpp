@@ -1,5 +1,6 @@
-// Operator schemas of the dawm_fast library, the dispatcher-based C++ entry points and the
-// argument checks shared by the CPU and CUDA kernels.
+// Operator schemas of the dawm_fast library and the argument checks of the CPU kernels. One
+// implementation per device: CPU in C++ (cpu/), CUDA the Triton kernels of dawm_fast.kernels,
+// registered from Python with the ops' autograd (dawm_fast/ops/registrations.py).
 //
 // ddim_guided_update, per element of the window x [B, T, C] (channels [s, a, r]), in exactly the
 // operation order of DDIMScheduler.step plus the sampling loop's guidance and conditioning:
@@ -17,7 +18,6 @@
 #include "ops.h"
 #include "text.h"
 
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
 #include <string>
@@ -117,28 +117,6 @@ DdimStepCoefs step_coefs(double w, double sqrt_recip_alpha, double sqrt_recipm1_
 
 }  // namespace detail
 
-at::Tensor ddim_guided_update(const at::Tensor& eps2, const at::Tensor& x, const at::Tensor& s0,
-                              const at::Tensor& a0, const std::optional<at::Tensor>& noise,
-                              double w, double sqrt_recip_alpha, double sqrt_recipm1_alpha,
-                              double sqrt_alpha, double recip_sqrt_one_minus_alpha,
-                              double sqrt_alpha_prev, double dir_coef, double sigma,
-                              std::optional<double> clip, double noise_scale) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("dawm_fast::ddim_guided_update", "")
-                       .typed<decltype(ddim_guided_update)>();
-  return op.call(eps2, x, s0, a0, noise, w, sqrt_recip_alpha, sqrt_recipm1_alpha, sqrt_alpha,
-                 recip_sqrt_one_minus_alpha, sqrt_alpha_prev, dir_coef, sigma, clip,
-                 noise_scale);
-}
-
-at::Tensor condition_noise(const at::Tensor& z, const at::Tensor& s0, const at::Tensor& a0,
-                           double scale) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("dawm_fast::condition_noise", "")
-                       .typed<decltype(condition_noise)>();
-  return op.call(z, s0, a0, scale);
-}
-
 TORCH_LIBRARY(dawm_fast, m) {
   m.def(
       "ddim_guided_update(Tensor eps2, Tensor x, Tensor s0, Tensor a0, Tensor? noise, float w, "
@@ -147,10 +125,15 @@ TORCH_LIBRARY(dawm_fast, m) {
       "float? clip=None, float noise_scale=1.0) -> Tensor");
   m.def("condition_noise(Tensor z, Tensor s0, Tensor a0, float scale=1.0) -> Tensor");
   // y = Mish(GroupNorm(conv_out + bias[:, None])) [+ emb_add[:, :, None]] [+ residual]: the
-  // fused Conv1dBlock epilogue (CPU kernel in cpu/groupnorm_mish_cpu.cpp).
+  // fused Conv1dBlock epilogue (CPU kernel in cpu/groupnorm_mish_cpu.cpp, fp32 inference).
   m.def(
       "groupnorm_mish(Tensor conv_out, Tensor bias, Tensor gamma, Tensor beta, int num_groups, "
       "float eps, Tensor? emb_add, Tensor? residual) -> Tensor");
+  // Its backward without the adds' (plain) grads: (d conv_out, d bias, d gamma, d beta), group
+  // statistics recomputed from conv_out. CUDA only (the CPU trains through the reference).
+  m.def(
+      "groupnorm_mish_backward(Tensor grad_out, Tensor conv_out, Tensor bias, Tensor gamma, "
+      "Tensor beta, int num_groups, float eps) -> (Tensor, Tensor, Tensor, Tensor)");
 }
 
 }  // namespace ops

@@ -1,5 +1,5 @@
-// dawm_fast operator declarations: the C++ entry points behind torch.ops.dawm_fast.*, and the
-// argument checks every backend (CPU, CUDA) runs before touching memory.
+// Argument checks the CPU kernels of torch.ops.dawm_fast.* run before touching memory (the
+// schemas are in ops.cpp; Python calls the ops through the dispatcher).
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -10,19 +10,6 @@
 
 namespace dawm_fast {
 namespace ops {
-
-// One classifier-free-guided DDIM step fused with the inpainting write (see ops.cpp for the
-// arithmetic). Dispatches through the PyTorch dispatcher, so CPU and CUDA tensors both work.
-at::Tensor ddim_guided_update(const at::Tensor& eps2, const at::Tensor& x, const at::Tensor& s0,
-                              const at::Tensor& a0, const std::optional<at::Tensor>& noise,
-                              double w, double sqrt_recip_alpha, double sqrt_recipm1_alpha,
-                              double sqrt_alpha, double recip_sqrt_one_minus_alpha,
-                              double sqrt_alpha_prev, double dir_coef, double sigma,
-                              std::optional<double> clip, double noise_scale);
-
-// The initial window: conditioning(scale * z).
-at::Tensor condition_noise(const at::Tensor& z, const at::Tensor& s0, const at::Tensor& a0,
-                           double scale);
 
 namespace detail {
 

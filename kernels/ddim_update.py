@@ -8,7 +8,9 @@ Per element of the window x [B, T, C] (channels [s, a, r]):
 then step 0's state and action channels <- s0, a0 and later steps' action channels <- 0.
 The operation order is the scheduler's (``DDIMScheduler.step``), and the coefficients are its
 ``step_coefficients`` floats; FMA contraction is switched off on the GPU so each product and sum
-rounds as in the unfused PyTorch ops.
+rounds as in the unfused PyTorch ops. The launchers are the CUDA implementation of the
+``dawm_fast::ddim_guided_update`` and ``dawm_fast::condition_noise`` ops (their CPU
+implementation is C++, csrc/cpu/ddim_update_cpu.cpp).
 
 ``condition_noise`` is the initial write: x = conditioning(scale * z).
 """
@@ -60,7 +62,9 @@ def _ddim_update_kernel(eps2_ptr, x_ptr, noise_ptr, s0_ptr, a0_ptr, out_ptr,
     eps = w_cond * eps_c + w_uncond * eps_u
     x0 = sqrt_recip_alpha * x - sqrt_recipm1_alpha * eps
     if CLIP:
-        x0 = tl.minimum(tl.maximum(x0, -clip), clip)
+        # NaN passes through, as with torch.clamp
+        x0 = tl.minimum(tl.maximum(x0, -clip, propagate_nan=tl.PropagateNan.ALL), clip,
+                        propagate_nan=tl.PropagateNan.ALL)
         eps = (x - sqrt_alpha * x0) * recip_sqrt_one_minus_alpha
     prev = sqrt_alpha_prev * x0 + dir_coef * eps
     if HAS_NOISE:

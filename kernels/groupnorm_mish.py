@@ -6,9 +6,12 @@ statistics, affine, Mish, then the ResidualTemporalBlock's embedding add (block1
 (block2). One program handles one (sample, group): the horizon is tiny (T <= 8 at the top level),
 so a group's C/G x T values fit in one tile (up to ``_MAX_TILE`` elements).
 
-Layout: kernel -> launcher (``groupnorm_mish_forward`` / ``groupnorm_mish_backward``) -> autograd
-Function -> ``groupnorm_mish`` (picks the Function only when a gradient is needed), and
-``groupnorm_mish_reference``, the same function in plain PyTorch.
+Layout: kernels -> launchers (``groupnorm_mish_forward`` / ``groupnorm_mish_backward``), and
+``groupnorm_mish_reference``, the same function in plain PyTorch. The launchers are the CUDA
+implementation of the ``dawm_fast::groupnorm_mish`` op and of its backward; the op's autograd is
+registered once, in ``dawm_fast.ops.registrations``. The backward recomputes the group
+statistics from conv_out (the same code as the forward, hence the same values) instead of
+saving them.
 """
 from __future__ import annotations
 
@@ -59,23 +62,29 @@ def _group_tile(C, G, T: tl.constexpr, CPG: tl.constexpr, BLOCK_C: tl.constexpr,
 
 
 @triton.jit
-def _gn_mish_fwd_kernel(x_ptr, bias_ptr, gamma_ptr, beta_ptr, emb_ptr, res_ptr, out_ptr,
-                        mean_ptr, rstd_ptr, C, G, eps, T: tl.constexpr, CPG: tl.constexpr,
-                        HAS_EMB: tl.constexpr, HAS_RES: tl.constexpr, STORE_STATS: tl.constexpr,
-                        BLOCK_C: tl.constexpr, BLOCK_T: tl.constexpr):
-    # T and CPG (channels per group) are compile-time: a U-Net has one pair per level, and the
-    # index arithmetic becomes constant. The [BLOCK_C, BLOCK_T] tile covers the whole group.
-    pid, b, c0, ch, c_ok, ok, offs = _group_tile(C, G, T, CPG, BLOCK_C, BLOCK_T)
-
+def _group_stats(x_ptr, bias_ptr, c0, ch, c_ok, ok, offs, eps, T: tl.constexpr,
+                 CPG: tl.constexpr):
+    """h = conv_out + bias over the group's tile, its deviation from the group mean (zero outside
+    the tile) and 1 / std: two-pass variance in fp32. Shared by forward and backward, so the
+    backward's statistics are the forward's."""
     h = tl.load(x_ptr + offs, mask=ok, other=0.0).to(tl.float32)
     h += tl.load(bias_ptr + c0 + ch, mask=c_ok, other=0.0)[:, None]
     n = CPG * T * 1.0
     mean = tl.sum(tl.where(ok, h, 0.0)) / n
     d = tl.where(ok, h - mean, 0.0)
-    rstd = 1.0 / tl.sqrt_rn(tl.sum(d * d) / n + eps)    # two-pass variance in fp32
-    if STORE_STATS:
-        tl.store(mean_ptr + pid, mean)
-        tl.store(rstd_ptr + pid, rstd)
+    rstd = 1.0 / tl.sqrt_rn(tl.sum(d * d) / n + eps)
+    return d, rstd
+
+
+@triton.jit
+def _gn_mish_fwd_kernel(x_ptr, bias_ptr, gamma_ptr, beta_ptr, emb_ptr, res_ptr, out_ptr,
+                        C, G, eps, T: tl.constexpr, CPG: tl.constexpr,
+                        HAS_EMB: tl.constexpr, HAS_RES: tl.constexpr,
+                        BLOCK_C: tl.constexpr, BLOCK_T: tl.constexpr):
+    # T and CPG (channels per group) are compile-time: a U-Net has one pair per level, and the
+    # index arithmetic becomes constant. The [BLOCK_C, BLOCK_T] tile covers the whole group.
+    pid, b, c0, ch, c_ok, ok, offs = _group_tile(C, G, T, CPG, BLOCK_C, BLOCK_T)
+    d, rstd = _group_stats(x_ptr, bias_ptr, c0, ch, c_ok, ok, offs, eps, T, CPG)
 
     gamma = tl.load(gamma_ptr + c0 + ch, mask=c_ok, other=0.0)
     beta = tl.load(beta_ptr + c0 + ch, mask=c_ok, other=0.0)
@@ -88,17 +97,15 @@ def _gn_mish_fwd_kernel(x_ptr, bias_ptr, gamma_ptr, beta_ptr, emb_ptr, res_ptr, 
 
 
 @triton.jit
-def _gn_mish_bwd_kernel(dy_ptr, x_ptr, bias_ptr, gamma_ptr, beta_ptr, mean_ptr, rstd_ptr,
-                        dx_ptr, dgamma_ptr, dbeta_ptr, C, G, T: tl.constexpr, CPG: tl.constexpr,
-                        BLOCK_C: tl.constexpr, BLOCK_T: tl.constexpr):
+def _gn_mish_bwd_kernel(dy_ptr, x_ptr, bias_ptr, gamma_ptr, beta_ptr,
+                        dx_ptr, dgamma_ptr, dbeta_ptr, C, G, eps, T: tl.constexpr,
+                        CPG: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_T: tl.constexpr):
     pid, b, c0, ch, c_ok, ok, offs = _group_tile(C, G, T, CPG, BLOCK_C, BLOCK_T)
+    d, rstd = _group_stats(x_ptr, bias_ptr, c0, ch, c_ok, ok, offs, eps, T, CPG)
 
-    h = tl.load(x_ptr + offs, mask=ok, other=0.0).to(tl.float32)
-    h += tl.load(bias_ptr + c0 + ch, mask=c_ok, other=0.0)[:, None]
     gamma = tl.load(gamma_ptr + c0 + ch, mask=c_ok, other=0.0)
     beta = tl.load(beta_ptr + c0 + ch, mask=c_ok, other=0.0)
-    rstd = tl.load(rstd_ptr + pid)
-    xhat = tl.where(ok, (h - tl.load(mean_ptr + pid)) * rstd, 0.0)
+    xhat = d * rstd
     dy = tl.load(dy_ptr + offs, mask=ok, other=0.0).to(tl.float32)
     dz = tl.where(ok, dy * _mish_grad(xhat * gamma[:, None] + beta[:, None]), 0.0)
     # This sample's per-channel partials of dgamma = sum dz * xhat and dbeta = sum dz; the
@@ -137,11 +144,9 @@ def groupnorm_mish_forward(conv_out: torch.Tensor, bias: torch.Tensor, gamma: to
                            beta: torch.Tensor, num_groups: int, eps: float = 1e-5,
                            emb_add: torch.Tensor | None = None,
                            residual: torch.Tensor | None = None,
-                           out: torch.Tensor | None = None,
-                           stats: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                           out: torch.Tensor | None = None) -> torch.Tensor:
     """Launch the fused epilogue. conv_out [B, C, T] (conv WITHOUT bias), bias/gamma/beta [C],
-    emb_add [B, C], residual [B, C, T]. ``out`` (contiguous [B, C, T]) receives the result;
-    ``stats`` = (mean, rstd), two fp32 [B * G] buffers, receives the group statistics."""
+    emb_add [B, C], residual [B, C, T]. ``out`` (contiguous [B, C, T]) receives the result."""
     b, c, t = _check(conv_out, num_groups)
     x = conv_out.contiguous()
     if out is None:
@@ -152,21 +157,20 @@ def groupnorm_mish_forward(conv_out: torch.Tensor, bias: torch.Tensor, gamma: to
     block_c, block_t, num_warps = _tile(cpg, t)
     emb = emb_add.contiguous() if emb_add is not None else out     # unused pointer when absent
     res = residual.contiguous() if residual is not None else out
-    mean, rstd = stats if stats is not None else (out, out)
     _gn_mish_fwd_kernel[(b * num_groups,)](
-        x, bias, gamma, beta, emb, res, out, mean, rstd, c, num_groups, float(eps), t, cpg,
-        HAS_EMB=emb_add is not None, HAS_RES=residual is not None, STORE_STATS=stats is not None,
+        x, bias, gamma, beta, emb, res, out, c, num_groups, float(eps), t, cpg,
+        HAS_EMB=emb_add is not None, HAS_RES=residual is not None,
         BLOCK_C=block_c, BLOCK_T=block_t, num_warps=num_warps)
     return out
 
 
 def groupnorm_mish_backward(grad_out: torch.Tensor, conv_out: torch.Tensor, bias: torch.Tensor,
-                            gamma: torch.Tensor, beta: torch.Tensor, mean: torch.Tensor,
-                            rstd: torch.Tensor, num_groups: int
+                            gamma: torch.Tensor, beta: torch.Tensor, num_groups: int,
+                            eps: float = 1e-5
                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients of Mish(GroupNorm(conv_out + bias)) given dL/dy [B, C, T] and the forward's group
-    statistics: (d conv_out [B, C, T], d bias [C], d gamma [C], d beta [C]). The grads of the
-    optional adds are plain (dy itself, dy summed over T) and left to the caller."""
+    """Gradients of Mish(GroupNorm(conv_out + bias)) given dL/dy [B, C, T]: (d conv_out
+    [B, C, T], d bias [C], d gamma [C], d beta [C]). The grads of the optional adds are plain
+    (dy itself, dy summed over T) and left to the caller."""
     b, c, t = _check(conv_out, num_groups)
     dy = grad_out.contiguous()
     x = conv_out.contiguous()
@@ -176,49 +180,11 @@ def groupnorm_mish_backward(grad_out: torch.Tensor, conv_out: torch.Tensor, bias
     cpg = c // num_groups
     block_c, block_t, num_warps = _tile(cpg, t)
     _gn_mish_bwd_kernel[(b * num_groups,)](
-        dy, x, bias, gamma, beta, mean, rstd, dx, dgamma, dbeta, c, num_groups, t, cpg,
+        dy, x, bias, gamma, beta, dx, dgamma, dbeta, c, num_groups, float(eps), t, cpg,
         BLOCK_C=block_c, BLOCK_T=block_t, num_warps=num_warps)
     # The bias enters like conv_out, so its grad is d conv_out summed over batch and time.
     dbias = dx.sum(dim=(0, 2), dtype=torch.float32)
     return (dx, dbias.to(bias.dtype), dgamma.sum(0).to(gamma.dtype), dbeta.sum(0).to(beta.dtype))
-
-
-class GroupNormMishFunction(torch.autograd.Function):
-    """Autograd wrapper of the fused epilogue (grads for every tensor input)."""
-
-    @staticmethod
-    def forward(ctx, conv_out, bias, gamma, beta, emb_add, residual, num_groups, eps):
-        b = conv_out.shape[0]
-        stats = (torch.empty(b * num_groups, device=conv_out.device, dtype=torch.float32),
-                 torch.empty(b * num_groups, device=conv_out.device, dtype=torch.float32))
-        out = groupnorm_mish_forward(conv_out, bias, gamma, beta, num_groups, eps, emb_add,
-                                     residual, stats=stats)
-        ctx.save_for_backward(conv_out, bias, gamma, beta, *stats)
-        ctx.num_groups = num_groups
-        ctx.has_emb = emb_add is not None
-        ctx.has_res = residual is not None
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        conv_out, bias, gamma, beta, mean, rstd = ctx.saved_tensors
-        dx, dbias, dgamma, dbeta = groupnorm_mish_backward(grad_out, conv_out, bias, gamma, beta,
-                                                           mean, rstd, ctx.num_groups)
-        demb = grad_out.sum(dim=2) if ctx.has_emb else None                 # [B, C]
-        dres = grad_out if ctx.has_res else None                            # [B, C, T]
-        return dx, dbias, dgamma, dbeta, demb, dres, None, None
-
-
-def groupnorm_mish(conv_out: torch.Tensor, bias: torch.Tensor, gamma: torch.Tensor,
-                   beta: torch.Tensor, num_groups: int, eps: float = 1e-5,
-                   emb_add: torch.Tensor | None = None,
-                   residual: torch.Tensor | None = None) -> torch.Tensor:
-    """Fused epilogue with autograd when any input needs a gradient, else the bare launch."""
-    inputs = (conv_out, bias, gamma, beta, emb_add, residual)
-    if torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in inputs):
-        return GroupNormMishFunction.apply(conv_out, bias, gamma, beta, emb_add, residual,
-                                           num_groups, eps)
-    return groupnorm_mish_forward(conv_out, bias, gamma, beta, num_groups, eps, emb_add, residual)
 
 
 # ---- reference ---------------------------------------------------------------------------------

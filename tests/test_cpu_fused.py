@@ -1,5 +1,5 @@
 """The CPU fast path of the fused U-Net: the ``dawm_fast::groupnorm_mish`` CPU op, the
-short-horizon convolution form, and ``fused_unet_forward(..., use_triton=False)`` /
+short-horizon convolution form, and the fused blocks (``fused_copy``) /
 ``sample_windows(backend="fast")`` against the plain-PyTorch modules."""
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from dawm_fast import ops
 from dawm_fast.sampling import SamplingConfig, sample_windows
 from dawm_fast.world_model import DiffusionWorldModel, TemporalUNetConfig, WorldModelConfig
-from dawm_fast.world_model.fused_unet import _conv1d, fused_unet_forward
+from dawm_fast.world_model.fused_unet import FusedConv1dBlock, fused_copy
+from dawm_fast.world_model.unet import Conv1dBlock
 from dawm_fast.kernels.groupnorm_mish import groupnorm_mish_reference
 
 if not ops.has_ops():
@@ -84,15 +85,16 @@ def test_groupnorm_mish_op_rejects_bad_arguments():
                                         (128, 512, 4), (24, 40, 1), (7, 9, 3)])
 @pytest.mark.parametrize("grad", [False, True])
 def test_short_horizon_conv_matches_conv1d(cin, cout, t, grad):
-    """_conv1d (banded GEMM below the device's horizon limit, else F.conv1d) on the CPU, for
-    inference and under autograd."""
+    """FusedConv1dBlock.conv_forward (banded GEMM below the device's horizon limit, else
+    F.conv1d) on the CPU, for inference and under autograd."""
     gen = torch.Generator().manual_seed(cin + cout + t)
     x = torch.randn(5, cin, t, generator=gen)
-    conv = torch.nn.Conv1d(cin, cout, 5, padding=2)
+    block = FusedConv1dBlock(Conv1dBlock(cin, cout, 5, 1))
+    conv = block.conv
     want = F.conv1d(x, conv.weight, None, 1, 2)
     scale = want.abs().max()
     with torch.set_grad_enabled(grad):
-        got = _conv1d(x, conv)
+        got = block.conv_forward(x)
     assert got.shape == want.shape and got.requires_grad == grad
     assert_close(got.detach() / scale, want.detach() / scale, rtol=0, atol=1e-5)
 
@@ -115,8 +117,7 @@ def test_fused_unet_cpu_forward_matches_module(dim, mults, horizon, b):
         horizon=horizon, unet=TemporalUNetConfig(dim=dim, dim_mults=mults))).eval().unet
     args = unet_inputs(unet, b, seed=dim + b)
     with torch.no_grad():
-        assert_close(fused_unet_forward(unet, *args, use_triton=False), unet(*args),
-                     rtol=1e-4, atol=1e-4)
+        assert_close(fused_copy(unet)(*args), unet(*args), rtol=1e-4, atol=1e-4)
 
 
 def test_fused_unet_cpu_forward_keeps_gradients():
@@ -125,7 +126,7 @@ def test_fused_unet_cpu_forward_keeps_gradients():
     unet = DiffusionWorldModel(4, 3, WorldModelConfig(
         horizon=8, unet=TemporalUNetConfig(dim=8, dim_mults=(1, 2), n_groups=2))).unet
     args = unet_inputs(unet, 2, seed=5)
-    out = fused_unet_forward(unet, *args, use_triton=False)
+    out = fused_copy(unet)(*args)
     assert out.requires_grad
     out.square().mean().backward()
     assert all(p.grad is not None for p in unet.parameters() if p.requires_grad)

@@ -1,5 +1,5 @@
-"""Fused Triton kernels vs their plain-PyTorch references, the fused U-Net forward vs
-TemporalUNet.forward, and the "fast" sampling backend vs the reference loop.
+"""Fused Triton kernels (the ops' CUDA implementations) vs their plain-PyTorch references, the
+U-Net with fused blocks vs TemporalUNet.forward, and the "fast" sampling backend vs the reference.
 
 On a CPU machine the kernels run under Triton's interpreter (tests/conftest.py sets
 TRITON_INTERPRET=1 before anything imports them); it executes every program in Python, so the
@@ -21,15 +21,13 @@ if not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"):
 
 import dawm_fast.kernels as kernels  # noqa: E402
 from dawm_fast.sampling import SamplingConfig, sample_windows  # noqa: E402
-from dawm_fast.sampling.fast import sample_fast  # noqa: E402
-from dawm_fast.sampling.generate import _sample_reference  # noqa: E402
 from dawm_fast.world_model import (DDIMScheduler, DiffusionScheduleConfig,  # noqa: E402
                                    DiffusionWorldModel, TemporalUNetConfig, WorldModelConfig)
-from dawm_fast.world_model.fused_unet import fused_unet_forward  # noqa: E402
+from dawm_fast.world_model.fused_unet import fused_copy  # noqa: E402
 from dawm_fast.kernels.ddim_update import (condition_noise, ddim_update,  # noqa: E402
                                  ddim_update_reference)
-from dawm_fast.kernels.groupnorm_mish import (groupnorm_mish, groupnorm_mish_forward,  # noqa: E402
-                                    groupnorm_mish_reference)
+from dawm_fast.kernels.groupnorm_mish import (groupnorm_mish_backward,  # noqa: E402
+                                              groupnorm_mish_forward, groupnorm_mish_reference)
 
 torch.set_num_threads(1)
 
@@ -68,14 +66,9 @@ def test_groupnorm_mish_matches_reference(b, c, g, t, with_emb, with_res):
     emb = randn(b, c, gen=gen) if with_emb else None
     res = randn(b, c, t, gen=gen) if with_res else None
     out = torch.full((b, c, t), float("nan"), device=DEV)
-    stats = (torch.full((b * g,), float("nan"), device=DEV),
-             torch.full((b * g,), float("nan"), device=DEV))
-    got = groupnorm_mish_forward(x, bias, gamma, beta, g, 1e-5, emb, res, out=out, stats=stats)
+    got = groupnorm_mish_forward(x, bias, gamma, beta, g, 1e-5, emb, res, out=out)
     assert got is out
     assert_close(out, groupnorm_mish_reference(x, bias, gamma, beta, g, 1e-5, emb, res))
-    grouped = (x + bias[:, None]).reshape(b * g, -1)
-    assert_close(stats[0], grouped.mean(1))
-    assert_close(stats[1], (grouped.var(1, unbiased=False) + 1e-5).rsqrt())
 
 
 def test_groupnorm_mish_extreme_inputs_follow_torch_mish():
@@ -113,20 +106,13 @@ def test_groupnorm_mish_backward_matches_autograd(b, c, g, t, with_emb, with_res
     params = [randn(c, gen=gen), 1 + randn(c, gen=gen, scale=0.5), randn(c, gen=gen)]
     emb = randn(b, c, gen=gen) if with_emb else None
     res = randn(b, c, t, gen=gen) if with_res else None
-    inputs = [v for v in (x, *params, emb, res) if v is not None]
     dy = randn(b, c, t, gen=gen)
-
-    def grads(fn):
-        leaves = [v.detach().clone().requires_grad_(True) for v in inputs]
-        it = iter(leaves)
-        xx, bias, gamma, beta = (next(it) for _ in range(4))
-        e = next(it) if with_emb else None
-        r = next(it) if with_res else None
-        y = fn(xx, bias, gamma, beta, g, 1e-5, emb_add=e, residual=r)
-        return torch.autograd.grad(y, leaves, dy)
-
-    for got, want in zip(grads(groupnorm_mish), grads(groupnorm_mish_reference)):
-        assert_close(got, want, rtol=1e-4, atol=1e-5)
+    leaves = [v.detach().clone().requires_grad_(True) for v in (x, *params)]
+    y = groupnorm_mish_reference(*leaves, g, 1e-5, emb_add=emb, residual=res)
+    want = torch.autograd.grad(y, leaves, dy)
+    got = groupnorm_mish_backward(dy, x, *params, g, 1e-5)    # the adds' grads are plain
+    for gt, w in zip(got, want):
+        assert_close(gt, w, rtol=1e-4, atol=1e-5)
 
 
 # ---- ddim_update -------------------------------------------------------------------------------
@@ -193,27 +179,27 @@ def unet_inputs(unet, b: int, seed: int):
     return x, t, returns, actions, mask
 
 
-@pytest.mark.parametrize("use_triton", [True, False])
-def test_fused_unet_forward_matches_module_small(tiny_model, use_triton):
+def test_fused_blocks_match_module_small(tiny_model):
     unet = tiny_model.unet
     args = unet_inputs(unet, 3, seed=11)
     with torch.no_grad():
         want = unet(*args)
-        got = fused_unet_forward(unet, *args, use_triton=use_triton)
+        got = fused_copy(unet)(*args)
     assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
-def test_fused_unet_forward_matches_module_realistic_width():
+def test_fused_blocks_match_module_realistic_width():
     torch.manual_seed(1)
     model = DiffusionWorldModel(11, 3, WorldModelConfig(
         horizon=8, unet=TemporalUNetConfig(dim=32, dim_mults=(1, 2, 4)))).to(DEV).eval()
     args = unet_inputs(model.unet, 2, seed=12)
     with torch.no_grad():
-        assert_close(fused_unet_forward(model.unet, *args, use_triton=True), model.unet(*args),
-                     rtol=1e-4, atol=1e-4)
+        assert_close(fused_copy(model.unet)(*args), model.unet(*args), rtol=1e-4, atol=1e-4)
 
 
-def test_fused_unet_forward_gradients_match_module(tiny_model):
+def test_fused_blocks_gradients_match_module(tiny_model):
+    """On CUDA through the op's registered autograd (Triton forward and backward); on the CPU the
+    reference epilogue under autograd."""
     unet = tiny_model.unet
     x, t, returns, actions, mask = unet_inputs(unet, 2, seed=13)
     target = torch.randn(x.shape, generator=torch.Generator().manual_seed(14)).to(DEV)
@@ -224,7 +210,7 @@ def test_fused_unet_forward_gradients_match_module(tiny_model):
         return [p.grad.clone() for p in unet.parameters()]
 
     want = param_grads(unet)
-    got = param_grads(lambda *a: fused_unet_forward(unet, *a, use_triton=True))
+    got = param_grads(fused_copy(unet))
     unet.zero_grad()
     for g, w in zip(got, want):
         assert_close(g, w, rtol=1e-3, atol=1e-5)
@@ -262,35 +248,18 @@ def test_fast_backend_matches_reference(sampling_model, b, eta):
     assert torch.all(got[:, 1:, OBS:OBS + ACT] == 0)
 
 
-@pytest.mark.parametrize("eta", [0.0, 0.5])
-def test_fast_loop_without_kernels_matches_reference(sampling_model, eta):
-    """The CPU fallback (kernel switch off: plain-PyTorch references in the same loop)."""
-    s0, a0, g = (v.to(DEV) for v in sampling_inputs(5, seed=9))
-    cfg = SamplingConfig(eta=eta)
-    with torch.no_grad():
-        want = _sample_reference(sampling_model, s0, a0, g, cfg,
-                                 torch.Generator(DEV).manual_seed(4))
-        got = sample_fast(sampling_model, s0, a0, g, cfg, torch.Generator(DEV).manual_seed(4),
-                          use_triton=False)
-    assert_close(got, want, rtol=1e-5, atol=1e-5)
-
-
-def test_fast_paths_match_reference_for_x0_models():
-    """prediction_type "sample": the x0 -> eps conversion after the fused forward, in the Python
-    loop (Triton kernels where usable) and in the "fast" backend (in the CUDA graph on a GPU)."""
+def test_fast_backend_matches_reference_for_x0_models():
+    """prediction_type "sample": the x0 -> eps conversion after the fused forward, in the "fast"
+    backend (in the CUDA graph on a GPU)."""
     torch.manual_seed(1)
     m = DiffusionWorldModel(OBS, ACT, WorldModelConfig(
         horizon=T, unet=TemporalUNetConfig(dim=8, dim_mults=(1, 2), n_groups=2),
         schedule=DiffusionScheduleConfig(prediction_type="sample"))).to(DEV).eval()
     s0, a0, g = (v.to(DEV) for v in sampling_inputs(3, seed=4))
     cfg = SamplingConfig()
-    with torch.no_grad():
-        want = _sample_reference(m, s0, a0, g, cfg, torch.Generator(DEV).manual_seed(5))
-        loop = sample_fast(m, s0, a0, g, cfg, torch.Generator(DEV).manual_seed(5),
-                           use_triton=kernels.triton_usable(s0))
+    want = sample_windows(m, s0, a0, g, cfg, torch.Generator(DEV).manual_seed(5))
     backend = sample_windows(m, s0, a0, g, cfg, torch.Generator(DEV).manual_seed(5),
                              backend="fast")
-    assert_close(loop, want, rtol=1e-4, atol=1e-4)
     assert_close(backend, want, rtol=1e-4, atol=1e-4)
 
 
@@ -303,7 +272,8 @@ def test_dispatch_rule():
 
 
 def test_fast_backend_without_triton_installed():
-    """Triton is Linux-only: without it the package imports and "fast" runs the references."""
+    """Triton is Linux-only: without it the package imports and "fast" runs on the CPU (the C++
+    kernels; on CUDA the ops would have no implementation)."""
     code = (
         "import sys; sys.modules['triton'] = None\n"           # makes `import triton` fail
         "import torch\n"
@@ -352,7 +322,7 @@ for cpg, t in [(16, 8), (64, 4), (128, 2), (3, 3), (1, 1), (128, 64)]:
     bc, bt, warps = gm._tile(cpg, t)
     for flag in (True, False):
         build(gm._gn_mish_fwd_kernel, {"num_warps": warps}, T=t, CPG=cpg, HAS_EMB=flag,
-              HAS_RES=not flag, STORE_STATS=flag, BLOCK_C=bc, BLOCK_T=bt)
+              HAS_RES=not flag, BLOCK_C=bc, BLOCK_T=bt)
     build(gm._gn_mish_bwd_kernel, {"num_warps": warps}, T=t, CPG=cpg, BLOCK_C=bc, BLOCK_T=bt)
 for clip, noise in [(True, False), (True, True), (False, True), (False, False)]:
     ptx = build(du._ddim_update_kernel, {"num_warps": 4, "enable_fp_fusion": False}, CLIP=clip,

@@ -1,6 +1,7 @@
-"""C++/CUDA extension (csrc/, dawm_fast.ops): the fused guided DDIM op against the scheduler,
-the C++ sampling loop against the reference sampler, argument errors, and (with a GPU) CUDA graph
-capture / replay. The extension is built (or loaded) once per test module."""
+"""The ops (csrc/, dawm_fast.ops): the fused guided DDIM op against the scheduler, the fast step
+in the one sampling loop against the reference step, argument errors, and (with a GPU) the CUDA
+implementations against the CPU ones and CUDA graph capture / replay of the loop. The extension
+is built (or loaded) once per test module."""
 from __future__ import annotations
 
 import copy
@@ -176,99 +177,62 @@ def test_condition_noise_rejects_bad_arguments(ops):
         ops.condition_noise(torch.randn(2, T, C), s0, a0[:1])
 
 
-# ---- the C++ loop on CPU ------------------------------------------------------------------------
+# ---- the fast step in the one loop, on CPU -------------------------------------------------------
 @pytest.mark.parametrize("b", [1, 3, 17])
 @pytest.mark.parametrize("eta", [0.0, 0.5])
-def test_sample_cpp_matches_reference(ops, model, b, eta):
-    from dawm_fast.sampling.cpp_loop import sample_cpp
+def test_fast_step_matches_reference(ops, model, b, eta):
     cfg = SamplingConfig(n_sampling_steps=3, guidance_weight=1.2, temperature=0.5, eta=eta)
     s0, a0, g = inputs(b, seed=b)
     want = sample_windows(model, s0, a0, g, cfg, torch.Generator().manual_seed(11))
-    got = sample_cpp(model, s0, a0, g, cfg, torch.Generator().manual_seed(11))
+    got = sample_windows(model, s0, a0, g, cfg, torch.Generator().manual_seed(11), backend="fast")
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
-def test_sample_cpp_custom_forward(ops, model):
-    """forward is called once per step on the 2B batch; all DDIM steps of K = 5."""
-    from dawm_fast.sampling.cpp_loop import sample_cpp
+def test_fast_step_calls_the_network_once_per_step(ops, model):
+    """The loop calls the step's network once per DDIM step on the 2B batch; all DDIM steps of
+    K = 5; with the plain U-Net as its network the fast step is the reference's function."""
+    from dawm_fast.sampling.fast import FastStep
+    from dawm_fast.sampling.loop import draw_noise, guided_loop
     seen = []
 
-    def forward(x2, t2, returns2, actions2, mask2):
-        seen.append((tuple(x2.shape), t2.tolist(), mask2.tolist()))
-        return model.unet(x2, t2, returns2, actions2, mask2)
+    class PlainNet(FastStep):
+        def eps(self, x2, t2, returns2, actions2, mask2):
+            seen.append((tuple(x2.shape), t2.tolist(), mask2.tolist()))
+            return model.unet(x2, t2, returns2, actions2, mask2)
 
     cfg = SamplingConfig(n_sampling_steps=5, eta=0.3)
     s0, a0, g = inputs(2, seed=4)
     want = sample_windows(model, s0, a0, g, cfg, torch.Generator().manual_seed(2))
-    got = sample_cpp(model, s0, a0, g, cfg, torch.Generator().manual_seed(2), forward=forward)
+    noise = draw_noise((2, T, C), 5, 0.3, torch.Generator().manual_seed(2), s0)
+    got = guided_loop(PlainNet(model, cfg), s0, a0, g, *noise)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     assert [s[0] for s in seen] == [(4, T, C)] * 5
     assert [s[1][0] for s in seen] == [4, 3, 2, 1, 0]
     assert all(s[2] == [1.0, 1.0, 0.0, 0.0] for s in seen)
 
 
-def test_graphs_on_cpu_raise(ops, model):
-    from dawm_fast.sampling.cpp_loop import sample_cpp
-    s0, a0, g = inputs(2, seed=1)
-    with pytest.raises(ValueError, match=r"use_cuda_graph=True needs CUDA tensors; s0 is on cpu"):
-        sample_cpp(model, s0, a0, g, SamplingConfig(), torch.Generator(), use_cuda_graph=True)
-    # The C++ class checks too, for direct callers.
+def test_graph_sampler_checks_its_inputs(ops):
     sampler = ops.GraphSampler()
-    with pytest.raises(RuntimeError, match=r"use_cuda_graph=True needs CUDA tensors; s0 is on cpu"):
-        sampler.sample(model.unet, s0, a0, g, torch.randn(2, T, C), None, [4, 2, 0],
-                       [(1.0,) * 7] * 3, 1.0, 1.2, 0.5, use_cuda_graph=True)
-
-
-def _loop_args(b=2, n=3):
-    gen = torch.Generator().manual_seed(9)
-    return dict(s0=torch.randn(b, OBS, generator=gen), a0=torch.randn(b, ACT, generator=gen),
-                returns=torch.rand(b, generator=gen), noise=torch.randn(b, T, C, generator=gen),
-                step_noise=None, timesteps=list(range(n - 1, -1, -1)), coefs=[(1.0,) * 7] * n,
-                clip=1.0, w=1.2, temperature=0.5)
-
-
-@pytest.mark.parametrize("name,bad,match", [
-    ("returns", torch.randn(3), r"returns must be \[B\]"),
-    ("a0", torch.randn(2, ACT, dtype=torch.float64), r"a0 must be float32"),
-    ("noise", torch.randn(2, T, C + 1), r"noise must be \[B, T, obs_dim \+ act_dim \+ 1\]"),
-    ("step_noise", torch.randn(2, 2, T, C), r"step_noise must be \[N, B, T, C\]"),
-    ("coefs", [(1.0,) * 6] * 3, r"coefs\[0\] must hold 7 floats"),
-    ("coefs", [(1.0,) * 7] * 2, r"coefs must have one entry per timestep"),
-    ("timesteps", [], r"timesteps must list at least one DDIM step"),
-])
-def test_graph_sampler_rejects_bad_arguments(ops, model, name, bad, match):
-    args = _loop_args()
-    args[name] = bad
-    with pytest.raises(RuntimeError, match=match):
-        ops.GraphSampler().sample(model.unet, **args)
-
-
-def test_graph_sampler_checks_forward_output(ops):
-    args = _loop_args()
-    sampler = ops.GraphSampler()
-    with pytest.raises(RuntimeError, match=r"forward must return a Tensor"):
-        sampler.sample(lambda *a: "eps", **args)
-    with pytest.raises(RuntimeError, match=r"forward must return eps2 \[2B, T, C\]"):
-        sampler.sample(lambda x2, *a: x2[:2], **args)
-    with pytest.raises(RuntimeError, match=r"forward must return a float32 eps2"):
-        sampler.sample(lambda x2, *a: x2.double(), **args)
-
-    def boom(*a):
-        raise KeyError("from forward")
-    with pytest.raises(KeyError, match="from forward"):   # Python errors pass through unchanged
-        sampler.sample(boom, **args)
+    with pytest.raises(RuntimeError, match=r"CUDA graphs need CUDA tensors; inputs\[0\] is on cpu"):
+        sampler.replay(lambda x: x, [torch.zeros(2)], "k")
+    with pytest.raises(RuntimeError, match=r"needs at least one input tensor"):
+        sampler.replay(lambda: None, [], "k")
     with pytest.raises(ValueError, match="max_graphs must be >= 1"):
         ops.GraphSampler(0)
+    assert sampler.max_graphs == 4 and len(sampler) == 0
 
 
-def test_graph_sampler_is_cached_per_model_and_forward(ops, model):
-    from dawm_fast.sampling.cpp_loop import graph_sampler_for
-    a = graph_sampler_for(model, model.unet)
-    assert graph_sampler_for(model, model.unet) is a
-    assert graph_sampler_for(model, model.unet.forward) is graph_sampler_for(model,
-                                                                             model.unet.forward)
-    assert graph_sampler_for(model, model.unet.forward) is not a
-    assert a.max_graphs == 4 and len(a) == 0
+def test_fused_parts_are_cached_per_model(ops, model):
+    """One fused U-Net per model, sharing its parameters; a new U-Net object makes a new one."""
+    from dawm_fast.sampling.fast import fused_parts
+    m = copy.deepcopy(model)
+    a = fused_parts(m)
+    assert fused_parts(m) is a
+    assert all(p is q for p, q in zip(a.unet.parameters(), m.unet.parameters()))
+    assert type(m.unet.mid1).__name__ == "ResidualTemporalBlock"      # the model is untouched
+    assert type(a.unet.mid1).__name__ == "FusedResidualBlock"
+    m.unet = copy.deepcopy(m.unet)
+    assert fused_parts(m) is not a
 
 
 # ---- CUDA ---------------------------------------------------------------------------------------
@@ -282,10 +246,27 @@ def cuda_model(model):
     return copy.deepcopy(model).cuda()
 
 
-def _cuda_run(model, b, seed, cfg, **kw):
-    from dawm_fast.sampling.cpp_loop import sample_cpp
+def _cuda_run(model, b, seed, cfg, sampler=None, step_cls=None):
+    """The fast step's loop on CUDA: eager without a sampler, else captured / replayed by it."""
+    from dawm_fast.sampling.fast import FastStep, fused_parts
+    from dawm_fast.sampling.loop import draw_noise, guided_loop
+    from dawm_fast.world_model.fused_unet import refresh_banded_
     s0, a0, g = inputs(b, seed=seed, device="cuda")
-    return sample_cpp(model, s0, a0, g, cfg, torch.Generator("cuda").manual_seed(seed), **kw)
+    step = (step_cls or FastStep)(model, cfg)
+    noise = [t for t in draw_noise((b, T, C), len(step.timesteps), cfg.eta,
+                                   torch.Generator("cuda").manual_seed(seed), s0)
+             if t is not None]
+    with torch.no_grad():
+        if sampler is None:
+            return guided_loop(step, s0, a0, g, *noise)
+        refresh_banded_(fused_parts(model).unet)
+        return sampler.replay(lambda *t: guided_loop(step, *t), [s0, a0, g, *noise],
+                              step.graph_key())
+
+
+def _batch(key: str) -> int:
+    """B of a graph key: its first input's (s0's) shape follows the step's constants."""
+    return int(key.split(" | ")[1].split(",")[0].lstrip("["))
 
 
 @needs_cuda
@@ -315,21 +296,22 @@ def test_graph_replay_matches_eager_and_reference(ops, cuda_model, eta):
     sampler = ops.GraphSampler(4)
     s0, a0, g = inputs(5, seed=7, device="cuda")
     want = sample_windows(cuda_model, s0, a0, g, cfg, torch.Generator("cuda").manual_seed(7))
-    eager = _cuda_run(cuda_model, 5, 7, cfg, use_cuda_graph=False)
-    captured = _cuda_run(cuda_model, 5, 7, cfg, use_cuda_graph=True, sampler=sampler)  # capture
-    replayed = _cuda_run(cuda_model, 5, 7, cfg, use_cuda_graph=True, sampler=sampler)  # replay
+    eager = _cuda_run(cuda_model, 5, 7, cfg)
+    captured = _cuda_run(cuda_model, 5, 7, cfg, sampler=sampler)  # capture
+    replayed = _cuda_run(cuda_model, 5, 7, cfg, sampler=sampler)  # replay
     assert len(sampler) == 1
     torch.testing.assert_close(eager, want, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(captured, eager, **LOOP_TOL)
     torch.testing.assert_close(replayed, eager, **LOOP_TOL)
     assert torch.equal(replayed, captured)          # one graph, same inputs: same bits
     # New inputs of the same signature: a replay of the same graph, with the new inputs.
-    other = _cuda_run(cuda_model, 5, 8, cfg, use_cuda_graph=True, sampler=sampler)
+    other = _cuda_run(cuda_model, 5, 8, cfg, sampler=sampler)
     assert len(sampler) == 1
-    torch.testing.assert_close(other, _cuda_run(cuda_model, 5, 8, cfg, use_cuda_graph=False),
-                               **LOOP_TOL)
-    # The default: graphs on for CUDA tensors.
-    torch.testing.assert_close(_cuda_run(cuda_model, 5, 7, cfg), eager, **LOOP_TOL)
+    torch.testing.assert_close(other, _cuda_run(cuda_model, 5, 8, cfg), **LOOP_TOL)
+    # The backend: graphs on CUDA.
+    got = sample_windows(cuda_model, s0, a0, g, cfg, torch.Generator("cuda").manual_seed(7),
+                         backend="fast")
+    torch.testing.assert_close(got, eager, **LOOP_TOL)
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])
@@ -357,17 +339,30 @@ def test_fast_sampling_follows_in_place_weight_updates(ops, model, device):
 
 
 @needs_cuda
+def test_graph_sampler_checks_run_output(ops):
+    sampler = ops.GraphSampler()
+    with pytest.raises(RuntimeError, match=r"run must return a Tensor"):
+        sampler.replay(lambda x: "eps", [torch.zeros(2, device="cuda")], "k")
+
+    def boom(*a):
+        raise KeyError("from run")
+    with pytest.raises(KeyError, match="from run"):   # Python errors pass through unchanged
+        sampler.replay(boom, [torch.zeros(2, device="cuda")], "k")
+    assert len(sampler) == 0
+
+
+@needs_cuda
 def test_graph_recaptures_on_new_signature(ops, cuda_model):
     cfg = SamplingConfig(n_sampling_steps=3)
     sampler = ops.GraphSampler(4)
     for b in (2, 3):
-        got = _cuda_run(cuda_model, b, b, cfg, use_cuda_graph=True, sampler=sampler)
-        torch.testing.assert_close(got, _cuda_run(cuda_model, b, b, cfg, use_cuda_graph=False),
+        got = _cuda_run(cuda_model, b, b, cfg, sampler=sampler)
+        torch.testing.assert_close(got, _cuda_run(cuda_model, b, b, cfg),
                                    **LOOP_TOL)
-    assert len(sampler) == 2 and sampler.graph_keys()[0].startswith("B=3 ")
+    assert len(sampler) == 2 and [_batch(k) for k in sampler.graph_keys()] == [3, 2]
     # A different guidance weight is baked into the kernels, so it is a new graph too.
     _cuda_run(cuda_model, 3, 3, SamplingConfig(n_sampling_steps=3, guidance_weight=2.0),
-              use_cuda_graph=True, sampler=sampler)
+              sampler=sampler)
     assert len(sampler) == 3
 
 
@@ -376,14 +371,14 @@ def test_graph_lru_eviction(ops, cuda_model):
     cfg = SamplingConfig(n_sampling_steps=2)
     sampler = ops.GraphSampler(2)
     for b in (1, 2, 3):
-        _cuda_run(cuda_model, b, b, cfg, use_cuda_graph=True, sampler=sampler)
+        _cuda_run(cuda_model, b, b, cfg, sampler=sampler)
         assert len(sampler) <= 2
-    assert [k.split()[0] for k in sampler.graph_keys()] == ["B=3", "B=2"]
-    _cuda_run(cuda_model, 2, 2, cfg, use_cuda_graph=True, sampler=sampler)     # hit: now first
-    assert [k.split()[0] for k in sampler.graph_keys()] == ["B=2", "B=3"]
-    got = _cuda_run(cuda_model, 1, 1, cfg, use_cuda_graph=True, sampler=sampler)  # evicts B=3
-    assert [k.split()[0] for k in sampler.graph_keys()] == ["B=1", "B=2"]
-    torch.testing.assert_close(got, _cuda_run(cuda_model, 1, 1, cfg, use_cuda_graph=False),
+    assert [_batch(k) for k in sampler.graph_keys()] == [3, 2]
+    _cuda_run(cuda_model, 2, 2, cfg, sampler=sampler)     # hit: now first
+    assert [_batch(k) for k in sampler.graph_keys()] == [2, 3]
+    got = _cuda_run(cuda_model, 1, 1, cfg, sampler=sampler)  # evicts B=3
+    assert [_batch(k) for k in sampler.graph_keys()] == [1, 2]
+    torch.testing.assert_close(got, _cuda_run(cuda_model, 1, 1, cfg),
                                **LOOP_TOL)
     sampler.clear()
     assert len(sampler) == 0
@@ -393,11 +388,11 @@ def test_graph_lru_eviction(ops, cuda_model):
 def test_graph_replays_do_not_grow_memory(ops, cuda_model):
     cfg = SamplingConfig(n_sampling_steps=3, eta=0.5)
     sampler = ops.GraphSampler(1)
-    _cuda_run(cuda_model, 4, 0, cfg, use_cuda_graph=True, sampler=sampler)        # capture
+    _cuda_run(cuda_model, 4, 0, cfg, sampler=sampler)        # capture
     torch.cuda.synchronize()
     before = torch.cuda.memory_allocated()
     for i in range(50):
-        out = _cuda_run(cuda_model, 4, i, cfg, use_cuda_graph=True, sampler=sampler)
+        out = _cuda_run(cuda_model, 4, i, cfg, sampler=sampler)
         del out
     torch.cuda.synchronize()
     assert torch.cuda.memory_allocated() == before
@@ -414,13 +409,18 @@ def test_failed_capture_leaves_cuda_usable(ops, cuda_model):
             raise RuntimeError("forward refuses to be captured")
         return cuda_model.unet(*args)
 
+    from dawm_fast.sampling.fast import FastStep
+
+    class FailsInCapture(FastStep):
+        def eps(self, *args):
+            return fails_in_capture(*args)
+
     with pytest.raises(RuntimeError, match="forward refuses to be captured"):
-        _cuda_run(cuda_model, 2, 0, cfg, use_cuda_graph=True, sampler=sampler,
-                  forward=fails_in_capture)
+        _cuda_run(cuda_model, 2, 0, cfg, sampler=sampler, step_cls=FailsInCapture)
     assert len(sampler) == 0
     assert not torch.cuda.is_current_stream_capturing()
-    got = _cuda_run(cuda_model, 2, 0, cfg, use_cuda_graph=True, sampler=sampler)
-    torch.testing.assert_close(got, _cuda_run(cuda_model, 2, 0, cfg, use_cuda_graph=False),
+    got = _cuda_run(cuda_model, 2, 0, cfg, sampler=sampler)
+    torch.testing.assert_close(got, _cuda_run(cuda_model, 2, 0, cfg),
                                **LOOP_TOL)
 
 

@@ -103,8 +103,8 @@ def test_constant_x0_network_samples_its_output():
         assert_close(got, want, rtol=0, atol=1e-4)
     from dawm_fast.ops import has_ops
     if has_ops():
-        from dawm_fast.sampling.cpp_loop import sample_cpp
-        got = sample_cpp(m, s0, a0, g, SamplingConfig(), torch.Generator().manual_seed(3))
+        got = sample_windows(m, s0, a0, g, SamplingConfig(), torch.Generator().manual_seed(3),
+                             backend="fast")
         assert_close(got, want, rtol=0, atol=1e-4)
 
 

@@ -1,11 +1,16 @@
-"""dawm_fast's C++/CUDA operators (csrc/), loaded on first use.
+"""dawm_fast's operators: one op per fused step, registered once with the dispatcher.
+
+Each op's schema is in csrc/ops.cpp (``TORCH_LIBRARY(dawm_fast)``); its CPU implementation is
+C++ (csrc/cpu/), its CUDA implementation the Triton kernel of ``dawm_fast.kernels`` (registered
+in ``registrations``), and its plain-PyTorch reference sits beside that kernel:
 
 * ``ddim_guided_update``: one fused pass per DDIM step (guidance combine, x0 prediction, clip,
-  eps re-derivation, x_prev, conditioning write) = ``torch.ops.dawm_fast.ddim_guided_update``;
+  eps re-derivation, x_prev, conditioning write);
 * ``condition_noise``: the initial window ``conditioning(scale * z)``;
-* ``groupnorm_mish``: the fused U-Net epilogue Mish(GroupNorm(conv + bias)) [+ adds] (CPU);
-* ``GraphSampler``: the whole guided loop in C++ with CUDA graph capture / replay
-  (``dawm_fast.sampling.cpp_loop.sample_cpp`` drives it).
+* ``groupnorm_mish``: the fused U-Net epilogue Mish(GroupNorm(conv + bias)) [+ adds], with
+  autograd (its backward is the op ``groupnorm_mish_backward``);
+* ``GraphSampler``: captures the guided sampling loop (``dawm_fast.sampling``) as a CUDA graph
+  and replays it.
 
 Nothing is compiled at import; ``load_extension()`` (called by every entry point) imports the
 prebuilt ``dawm_fast._C`` or JIT-builds the sources once (see ``loader``).
@@ -62,10 +67,11 @@ def groupnorm_mish(conv_out: torch.Tensor, bias: torch.Tensor, gamma: torch.Tens
                    emb_add: torch.Tensor | None = None,
                    residual: torch.Tensor | None = None) -> torch.Tensor:
     """Fused Conv1dBlock epilogue Mish(GroupNorm(conv_out + bias)) [+ emb_add[:, :, None]]
-    [+ residual] -> a new [B, C, T] tensor (CPU, forward only: no autograd).
+    [+ residual] -> a new [B, C, T] tensor; differentiable on CUDA (the CPU kernel is fp32
+    inference only).
 
     conv_out [B, C, T] (the conv WITHOUT its bias), bias/gamma/beta [C], emb_add [B, C],
-    residual [B, C, T]; float32, contiguous. Equals ``kernels.groupnorm_mish.
+    residual [B, C, T]; contiguous. Equals ``dawm_fast.kernels.groupnorm_mish.
     groupnorm_mish_reference`` to float rounding.
     """
     load_extension()

@@ -18,7 +18,9 @@ CSRC_CANDIDATES = (_PACKAGE_DIR.parent / "csrc", _PACKAGE_DIR / "_csrc")
 # Relative to the csrc directory.
 CPU_SOURCES = ("ops.cpp", "cpu/ddim_update_cpu.cpp", "cpu/groupnorm_mish_cpu.cpp",
                "graph_sampler.cpp")
-CUDA_SOURCES = ("cuda/ddim_update_kernel.cu", "cuda/ddim_update_cuda.cpp")
+# The CUDA build compiles the same files with CUDA graph support (CUDA_DEFINE); the ops' CUDA
+# kernels are Triton, registered from Python (dawm_fast/ops/registrations.py).
+CUDA_SOURCES: tuple[str, ...] = ()
 SOURCE_SUFFIXES = (".cpp", ".cu", ".h", ".cuh")
 
 # -ffp-contract=off: the fused CPU update must round every product and sum separately, as the

@@ -117,25 +117,9 @@ def _jit_build() -> ModuleType:
                                    f"{_tail(str(exc))}\n{_HINT}") from exc
 
 
-def _register_fake_kernels() -> None:
-    """Shape-only (fake) kernels so torch.compile and FakeTensor tracing can see the ops."""
-    @torch.library.register_fake("dawm_fast::ddim_guided_update")
-    def _ddim_guided_update_fake(eps2, x, s0, a0, noise, w, sqrt_recip_alpha, sqrt_recipm1_alpha,
-                                 sqrt_alpha, recip_sqrt_one_minus_alpha, sqrt_alpha_prev,
-                                 dir_coef, sigma, clip=None, noise_scale=1.0):
-        return torch.empty_like(x, memory_format=torch.contiguous_format)
-
-    @torch.library.register_fake("dawm_fast::condition_noise")
-    def _condition_noise_fake(z, s0, a0, scale=1.0):
-        return torch.empty_like(z, memory_format=torch.contiguous_format)
-
-    @torch.library.register_fake("dawm_fast::groupnorm_mish")
-    def _groupnorm_mish_fake(conv_out, bias, gamma, beta, num_groups, eps, emb_add, residual):
-        return torch.empty_like(conv_out, memory_format=torch.contiguous_format)
-
-
 def load_extension() -> ModuleType:
-    """The extension module (GraphSampler, with_cuda()); registers torch.ops.dawm_fast.*.
+    """The extension module (GraphSampler, with_cuda()); defines torch.ops.dawm_fast.* and
+    registers their Python parts (``registrations``).
 
     Imports the prebuilt dawm_fast._C, else JIT-builds the sources (printing one line first).
     Raises ExtensionUnavailable, once per process and then again from cache, when neither works.
@@ -152,7 +136,8 @@ def load_extension() -> ModuleType:
             except ExtensionUnavailable as exc:
                 _error = exc
                 raise
-            _register_fake_kernels()
+            from dawm_fast.ops import registrations
+            registrations.register()
             _ext = ext
     return _ext
 

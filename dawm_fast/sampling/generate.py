@@ -1,9 +1,9 @@
 """The one sampling entry point: guided DDIM windows -> synthetic transitions for offline RL.
 
-Backend dispatch lives only here (``_BACKENDS``). The "reference" backend is the plain PyTorch
-loop below; a later fast backend (fused kernels / CUDA-graph sampler) registers itself with
-``register_backend`` and must reproduce the reference numerically, drawing the same random numbers
-from the caller's generator in the same order:
+Backend dispatch lives only here (``_BACKENDS``). Both built-in backends run the one guided loop
+(``loop.guided_loop``) with their step: "reference" the plain-PyTorch step, "fast" the ops
+(``fast.py``, registered on import). Any backend must reproduce the reference numerically,
+drawing the same random numbers from the caller's generator in the same order:
 
   1. initial noise: ONE ``torch.randn((B, T, C), generator=g)`` call, times ``temperature``;
   2. only if eta > 0: for every step index i = 0..N-1 (the last one included, although its sigma
@@ -20,7 +20,7 @@ import torch
 from dawm_fast.data.tasks import EnvFamily
 from dawm_fast.world_model.diffusion import DiffusionWorldModel
 from dawm_fast.world_model.idm import InverseDynamics
-from dawm_fast.world_model.scheduler import DDIMScheduler
+from dawm_fast.sampling.loop import ReferenceStep, draw_noise, guided_loop
 
 
 @dataclass(frozen=True)
@@ -50,34 +50,12 @@ SamplingBackend = Callable[
 def _sample_reference(model: DiffusionWorldModel, s0: torch.Tensor, a0: torch.Tensor,
                       returns: torch.Tensor, cfg: SamplingConfig,
                       generator: torch.Generator) -> torch.Tensor:
-    """Plain PyTorch guided DDIM loop; both guidance branches share one 2B forward per step."""
-    b = s0.shape[0]
-    shape = (b, model.horizon, model.transition_dim)
-    scheduler = DDIMScheduler(model.schedule_config, eta=cfg.eta)   # private: set_timesteps mutates
-    timesteps = scheduler.set_timesteps(cfg.n_sampling_steps)
-
-    x = cfg.temperature * torch.randn(shape, generator=generator, device=s0.device,
-                                      dtype=s0.dtype)                      # [B, T, C]
-    x = model.conditioning(x, s0, a0)
-    # Rows [0, B) use g, rows [B, 2B) drop it; the action embedding is kept in both.
-    returns2 = torch.cat([returns, returns])                               # [2B]
-    actions2 = torch.cat([a0, a0])                                         # [2B, act_dim]
-    mask2 = torch.cat([torch.ones(b, device=s0.device, dtype=s0.dtype),
-                       torch.zeros(b, device=s0.device, dtype=s0.dtype)])  # [2B]
-    w = cfg.guidance_weight
-    for i, t in enumerate(timesteps):
-        t2 = torch.full((2 * b,), t, device=s0.device, dtype=torch.long)   # [2B]
-        eps2 = model.predict_eps(torch.cat([x, x]), t2, returns2, actions2, mask2,
-                                 bf16=cfg.bf16)                            # [2B, T, C] fp32
-        eps_cond, eps_uncond = eps2.chunk(2)                               # [B, T, C] each
-        eps = w * eps_cond + (1.0 - w) * eps_uncond
-        noise = None
-        if cfg.eta > 0:
-            noise = cfg.temperature * torch.randn(shape, generator=generator, device=s0.device,
-                                                  dtype=s0.dtype)          # [B, T, C]
-        x = scheduler.step(eps, i, x, noise).prev_sample
-        x = model.conditioning(x, s0, a0)
-    return x
+    """The guided loop with the plain-PyTorch step; both guidance branches share one 2B forward
+    per step."""
+    step = ReferenceStep(model, cfg)
+    shape = (s0.shape[0], model.horizon, model.transition_dim)
+    return guided_loop(step, s0, a0, returns,
+                       *draw_noise(shape, len(step.timesteps), cfg.eta, generator, s0))
 
 
 _BACKENDS: dict[str, SamplingBackend] = {"reference": _sample_reference}

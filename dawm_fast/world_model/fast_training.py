@@ -4,17 +4,17 @@ Same function as ``WorldModelTrainer.train_step`` (same loss, same random draws 
 generators, same Adam arithmetic up to the fused kernel's rounding, same EMA), but on a GPU:
 
 * the batch is drawn on the device (``WindowBatcher``) or copied into static buffers;
-* the U-Net runs through ``fused_unet_forward`` (Triton GroupNorm+Mish epilogues, forward and
+* the U-Net's blocks are swapped in place for fused ones (``fuse_blocks_``: same parameters,
+  same state_dict; on CUDA the GroupNorm+Mish epilogue op runs its Triton kernels, forward and
   backward);
 * batch draw, loss, backward and the fused capturable Adam step are one ``StepGraph`` replay;
 * the EMA update (every ``update_every`` steps) is two foreach launches after the replay;
 * no host sync: ``train_step`` returns the loss as a 0-dim device tensor (``float()`` it when
   logging).
 
-On a CPU there is no graph to capture: the same step body runs eagerly (fused U-Net forward with
-banded GEMMs, fused Adam kernel; the run's header says which path ran). ``use_triton`` (default:
-on CUDA when Triton is installed) picks the Triton epilogues; on a CPU they run only under
-TRITON_INTERPRET=1 (tests).
+On a CPU there is no graph to capture: the same step body runs eagerly (fused blocks with banded
+GEMMs for the short horizons and the reference epilogue, fused Adam kernel; the run's header
+says which path ran).
 """
 from __future__ import annotations
 
@@ -24,26 +24,22 @@ import torch
 
 from dawm_fast.step_graphs import StepGraph, make_fused, portable_optimizer_state
 from dawm_fast.world_model.diffusion import DiffusionWorldModel
-from dawm_fast.world_model.fused_unet import fused_unet_forward
+from dawm_fast.world_model.fused_unet import fuse_blocks_
 from dawm_fast.world_model.precision import bf16_autocast
 from dawm_fast.world_model.training import (WindowBatcher, WorldModelTrainer,
                                             WorldModelTrainerConfig, _unpack)
-from dawm_fast.kernels import HAS_TRITON
 
 
 class FastWorldModelTrainer(WorldModelTrainer):
     def __init__(self, model: DiffusionWorldModel,
-                 cfg: WorldModelTrainerConfig = WorldModelTrainerConfig(), *,
-                 use_triton: bool | None = None):
+                 cfg: WorldModelTrainerConfig = WorldModelTrainerConfig()):
         super().__init__(model, cfg)
         self.uses_graphs = self.device.type == "cuda"
         make_fused(self.optimizer, capturable=self.uses_graphs)
-        if use_triton is None:
-            use_triton = self.uses_graphs and HAS_TRITON
-        # Without Triton (a CPU) the fused forward still pays: its deepest convolutions are banded
-        # GEMMs (measured on 1 CPU thread, dim-32 U-Net, CPU time per step: 1.13x the module
-        # forward at batch 64, 1.38x at 256), with the plain-PyTorch epilogue.
-        self.forward = functools.partial(fused_unet_forward, model.unet, use_triton=use_triton)
+        # On a CPU the fused blocks still pay: their deepest convolutions are banded GEMMs
+        # (measured on 1 CPU thread, dim-32 U-Net, CPU time per step: 1.13x the module forward
+        # at batch 64, 1.38x at 256), with the plain-PyTorch epilogue.
+        fuse_blocks_(model.unet)
         self._graphs: dict[tuple, tuple[StepGraph, tuple | None]] = {}
 
     @property
@@ -56,8 +52,7 @@ class FastWorldModelTrainer(WorldModelTrainer):
     def _step_body(self, batch_fn):
         x0, returns, actions = batch_fn()
         with bf16_autocast(self.device, self.cfg.bf16):
-            loss = self.model.loss(x0, returns, actions, generator=self.generator,
-                                   forward=self.forward)
+            loss = self.model.loss(x0, returns, actions, generator=self.generator)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         out = {"loss": loss.detach()}

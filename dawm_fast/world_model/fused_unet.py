@@ -1,61 +1,35 @@
-"""TemporalUNet forward with every Conv1dBlock epilogue fused into one kernel.
+"""Fused blocks of the temporal U-Net, swapped in for the reference blocks.
 
-Same parameters and the same function as ``TemporalUNet.forward``: convolutions stay in PyTorch
-GEMMs/convs, run without their bias; bias add, GroupNorm, Mish and the ResidualTemporalBlock's
-embedding add (block1) or residual add (block2) are one ``groupnorm_mish`` kernel call per
-Conv1dBlock. The embedding MLPs, down/upsampling and the final 1x1 conv are the module's own layers.
+``FusedConv1dBlock`` and ``FusedResidualBlock`` hold the very modules (conv, norm, embed_proj,
+residual) of the block they replace, so the parameters and the state_dict stay the same, and
+``TemporalUNet.forward`` stays the one description of the topology. What changes is how one
+block computes the same function:
 
-Convolutions (``_conv1d``): over short horizons (T < k, the deepest levels, where the widest
-channels and most of the FLOPs are) one banded GEMM, exact and 2.5x fewer FLOPs than the padded
-conv at T = 2, with or without autograd, on any device (``banded_max_horizon`` says where; GPU
-inference also at T = 8, where cuDNN's layout transposes cost more than the extra FLOPs); longer
-horizons keep cuDNN / mkldnn. Inference caches each banded matrix per weight version.
+* the bias add, GroupNorm, Mish and the ResidualTemporalBlock's embedding add (block1) or
+  residual add (block2) are one ``dawm_fast.ops.groupnorm_mish`` call per Conv1dBlock (the
+  convolution runs without its bias);
+* a "same" convolution over a short horizon (T < k: the deepest levels, where the widest
+  channels and most of the FLOPs are) is one GEMM with a banded matrix, exact and 2.5x fewer
+  FLOPs than the padded conv at T = 2 (``banded_max_horizon`` says where); longer horizons keep
+  cuDNN / mkldnn. For inference each block keeps its banded matrix and rebuilds it, in place,
+  when its weight's version changes.
 
-``use_triton`` picks the Triton epilogue or the CPU path; by default ``kernels.triton_usable``
-decides from the input's device. On the CPU path, where no gradient is needed and the C++
-extension is available, the epilogue is the ``dawm_fast::groupnorm_mish`` CPU op; otherwise
-(training, backward, no extension) it is the plain-PyTorch reference epilogue.
+``fuse_blocks_(module)`` swaps the blocks of a module in place (the fast trainer does this to
+the model it trains); ``fused_copy(unet)`` swaps them in a copy that shares the parameters (the
+fast sampler, which must not change the caller's model).
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+import copy
+import threading
+import weakref
 
 import torch
 import torch.nn.functional as F
-from torch.utils.weak import WeakTensorKeyDictionary
+from torch import nn
 
-from dawm_fast.world_model.unet import Conv1dBlock, ResidualTemporalBlock, TemporalUNet
-from dawm_fast.kernels import triton_usable
-from dawm_fast.kernels.groupnorm_mish import groupnorm_mish, groupnorm_mish_reference
-
-Epilogue = Callable[..., torch.Tensor]
-
-
-def _no_grad_cpu(*tensors: torch.Tensor | None) -> bool:
-    """All given tensors on the CPU and none of them needs a gradient here."""
-    if any(t is not None and t.device.type != "cpu" for t in tensors):
-        return False
-    return not torch.is_grad_enabled() or not any(t is not None and t.requires_grad
-                                                  for t in tensors)
-
-
-def _cpu_epilogue(conv_out: torch.Tensor, bias: torch.Tensor, gamma: torch.Tensor,
-                  beta: torch.Tensor, num_groups: int, eps: float = 1e-5,
-                  emb_add: torch.Tensor | None = None,
-                  residual: torch.Tensor | None = None) -> torch.Tensor:
-    """The CPU epilogue: the fused C++ op for inference, else the plain-PyTorch reference (which
-    autograd differentiates; also for bf16 inputs, which the C++ op does not take)."""
-    tensors = (conv_out, bias, gamma, beta, emb_add, residual)
-    if (_no_grad_cpu(*tensors)
-            and all(t is None or t.dtype == torch.float32 for t in tensors)):
-        from dawm_fast import ops   # lazy: dawm_fast.ops imports the world model package
-        if ops.has_ops():
-            return ops.groupnorm_mish(
-                conv_out.contiguous(), bias.contiguous(), gamma.contiguous(), beta.contiguous(),
-                num_groups, eps, None if emb_add is None else emb_add.contiguous(),
-                None if residual is None else residual.contiguous())
-    return groupnorm_mish_reference(conv_out, bias, gamma, beta, num_groups, eps,
-                                    emb_add=emb_add, residual=residual)
+from dawm_fast.kernels.groupnorm_mish import groupnorm_mish_reference
+from dawm_fast.world_model.unet import Conv1dBlock, ResidualTemporalBlock
 
 
 def banded_weight(weight: torch.Tensor, padding: int, t: int) -> torch.Tensor:
@@ -71,60 +45,14 @@ def banded_weight(weight: torch.Tensor, padding: int, t: int) -> torch.Tensor:
     return torch.stack(rows, dim=1).reshape(cout * t, cin * t)   # [(o, s), (c, u)]
 
 
-# Inference reuses each conv's banded matrix while its weight is unchanged (a sampling call runs
-# the U-Net once per DDIM step). A stale entry is rebuilt IN PLACE, so a CUDA graph captured on
-# the matrix reads the new values once ``refresh_banded_cache(model)`` has run (the graph sampler
-# calls it before every replay). During a capture a missing or stale entry is not made: the capture
-# then builds the matrix itself, which every replay redoes from the current weights.
-_BANDED_CACHE = WeakTensorKeyDictionary()      # weight -> (its version key, banded matrix)
-
-
-def _cache_key(weight: torch.Tensor, padding: int, t: int) -> tuple:
-    return (weight.data_ptr(), weight._version, weight.dtype, padding, t)
-
-
-def _banded_matrix(weight: torch.Tensor, padding: int, t: int) -> torch.Tensor:
-    if torch.is_grad_enabled() and weight.requires_grad:
-        return banded_weight(weight, padding, t)
-    key = _cache_key(weight, padding, t)
-    hit = _BANDED_CACHE.get(weight)
-    if hit is not None and hit[0] == key:
-        return hit[1]
-    if weight.is_cuda and torch.cuda.is_current_stream_capturing():
-        return banded_weight(weight, padding, t)
-    with torch.no_grad():
-        fresh = banded_weight(weight, padding, t)
-        if hit is not None and hit[1].shape == fresh.shape and hit[1].device == fresh.device:
-            fresh = hit[1].copy_(fresh)
-    _BANDED_CACHE[weight] = (key, fresh)
-    return fresh
-
-
-def refresh_banded_cache(module: torch.nn.Module) -> None:
-    """Rebuild (in place) every cached banded matrix of ``module``'s weights that changed since it
-    was made: an optimizer step, an EMA update or load_state_dict between two sampling calls.
-    Call it before replaying a CUDA graph that reads them (eager calls rebuild on lookup)."""
-    for weight in module.parameters():
-        hit = _BANDED_CACHE.get(weight)
-        if hit is None:
-            continue
-        *_, padding, t = hit[0]
-        if hit[0] != _cache_key(weight, padding, t):
-            with torch.no_grad():
-                _banded_matrix(weight, padding, t)
-
-
-def _conv1d_banded(x: torch.Tensor, weight: torch.Tensor, padding: int) -> torch.Tensor:
-    """Stride-1 conv1d (no bias) as ONE GEMM with the banded matrix: [B, in_ch*T] @
-    [in_ch*T, out_ch*T], and the result is already [B, out_ch, T]. It multiplies T*T weights
-    per channel pair where the padded conv multiplies k*T, so it wins for short horizons: at
-    T = 2, k = 5 a U-Net's widest levels (most of its FLOPs) cost 2.5x fewer FLOPs, exactly."""
+def conv1d_banded(x: torch.Tensor, matrix: torch.Tensor, out_ch: int) -> torch.Tensor:
+    """x [B, in_ch, T] @ banded matrix [out_ch*T, in_ch*T]^T -> [B, out_ch, T], already in
+    layout. It multiplies T*T weights per channel pair where the padded conv multiplies k*T."""
     b, cin, t = x.shape
-    m = _banded_matrix(weight, padding, t)                                  # [out_ch*T, in_ch*T]
-    return (x.reshape(b, cin * t) @ m.t()).view(b, weight.shape[0], t)     # [B, out_ch, T]
+    return (x.reshape(b, cin * t) @ matrix.t()).view(b, out_ch, t)
 
 
-def _same_padding(conv: torch.nn.Conv1d) -> int | None:
+def same_padding(conv: nn.Conv1d) -> int | None:
     """The padding of a stride-1, undilated, ungrouped "same" conv, else None."""
     pad = conv.padding[0] if isinstance(conv.padding, tuple) else conv.padding
     k = conv.weight.shape[2]
@@ -151,61 +79,163 @@ def banded_max_horizon(device: torch.device, kernel_size: int, training: bool) -
     return kernel_size - 1
 
 
-def _conv1d(x: torch.Tensor, conv: torch.nn.Conv1d) -> torch.Tensor:
-    """``F.conv1d(x, conv.weight)`` (no bias) in its cheapest exact form, on any device, with or
-    without autograd: a banded GEMM for short horizons (``banded_max_horizon``; at T = 2, where
-    the U-Net's widest levels carry most of its FLOPs, 2.5x fewer multiplies), else
-    ``F.conv1d``."""
-    w = conv.weight
-    pad = _same_padding(conv)
-    training = torch.is_grad_enabled() and (x.requires_grad or w.requires_grad)
-    if pad is not None and x.shape[2] <= banded_max_horizon(x.device, w.shape[2], training):
-        return _conv1d_banded(x, w, pad)
-    return F.conv1d(x, w, None, conv.stride, conv.padding, conv.dilation, conv.groups)
+def _epilogue(conv_out: torch.Tensor, bias: torch.Tensor, gamma: torch.Tensor,
+              beta: torch.Tensor, num_groups: int, eps: float, emb_add: torch.Tensor | None,
+              residual: torch.Tensor | None) -> torch.Tensor:
+    """The ``groupnorm_mish`` op, except on the CPU where a gradient is needed or under bf16:
+    the op's CPU kernel is fp32 inference only, so there the plain-PyTorch reference runs (the
+    CPU fast path trains with the reference's arithmetic)."""
+    tensors = (conv_out, bias, gamma, beta, emb_add, residual)
+    if conv_out.device.type == "cpu" and (
+            any(t is not None and t.dtype != torch.float32 for t in tensors)
+            or (torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                                for t in tensors))):
+        return groupnorm_mish_reference(conv_out, bias, gamma, beta, num_groups, eps,
+                                        emb_add=emb_add, residual=residual)
+    from dawm_fast import ops     # lazy: dawm_fast.ops imports the world model package
+    conv_out, bias, gamma, beta, emb_add, residual = (None if t is None else t.contiguous()
+                                                      for t in tensors)
+    return ops.groupnorm_mish(conv_out, bias, gamma, beta, num_groups, eps, emb_add, residual)
 
 
-def _conv_block(block: Conv1dBlock, x: torch.Tensor, epilogue: Epilogue,
-                emb_add: torch.Tensor | None = None,
+class FusedConv1dBlock(Conv1dBlock):
+    """``Conv1dBlock`` (+ the residual block's adds) with its epilogue as one op; holds the
+    replaced block's conv, norm and act, so parameters and state_dict are the same."""
+
+    def __init__(self, block: Conv1dBlock):
+        nn.Module.__init__(self)
+        self.conv, self.norm, self.act = block.conv, block.norm, block.act
+        self.train(block.training)
+        # Inference only: (version key, banded matrix) of this block's conv. Not module state:
+        # derived from the weight, and rebuilt when the weight changes.
+        self._banded: tuple[tuple, torch.Tensor] | None = None
+
+    def _banded_key(self, t: int) -> tuple:
+        w = self.conv.weight
+        return (w.data_ptr(), w._version, w.dtype, w.device, t)
+
+    def banded_matrix(self, t: int) -> torch.Tensor:
+        """The conv's banded matrix for horizon t: built fresh where autograd needs it (inside a
+        captured training step that means: rebuilt by every replay), else this block's cached
+        one, rebuilt in place when the weight's version changed."""
+        w, pad = self.conv.weight, same_padding(self.conv)
+        if torch.is_grad_enabled() and w.requires_grad:
+            return banded_weight(w, pad, t)
+        key = self._banded_key(t)
+        if self._banded is not None and self._banded[0] == key:
+            return self._banded[1]
+        if w.is_cuda and torch.cuda.is_current_stream_capturing():
+            # Not cached inside a capture: the graph then builds the matrix itself every replay.
+            return banded_weight(w, pad, t)
+        with torch.no_grad():
+            fresh = banded_weight(w, pad, t)
+            old = self._banded[1] if self._banded is not None else None
+            if old is not None and old.shape == fresh.shape and old.device == fresh.device \
+                    and old.dtype == fresh.dtype:
+                fresh = old.copy_(fresh)          # same memory: a captured graph reads it
+        self._banded = (key, fresh)
+        return fresh
+
+    def refresh_banded_(self) -> None:
+        """Rebuild a cached banded matrix whose weight changed since (an optimizer step, an EMA
+        update, load_state_dict), in place. A CUDA graph replay reads the cached memory without
+        running this block's Python, so whoever replays a graph over this block calls it first
+        (eager calls rebuild on lookup)."""
+        if self._banded is not None:
+            t = self._banded[0][-1]
+            if self._banded[0] != self._banded_key(t):
+                self.banded_matrix(t)
+
+    def conv_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``F.conv1d(x, conv.weight)`` without the bias, x [B, in_ch, T] -> [B, out_ch, T], in
+        its cheapest exact form: a banded GEMM for short horizons, else ``F.conv1d``."""
+        conv, w = self.conv, self.conv.weight
+        training = torch.is_grad_enabled() and (x.requires_grad or w.requires_grad)
+        if same_padding(conv) is not None and \
+                x.shape[2] <= banded_max_horizon(x.device, w.shape[2], training):
+            return conv1d_banded(x, self.banded_matrix(x.shape[2]), w.shape[0])
+        return F.conv1d(x, w, None, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+    def forward(self, x: torch.Tensor, emb_add: torch.Tensor | None = None,
                 residual: torch.Tensor | None = None) -> torch.Tensor:
-    """Conv1dBlock (+ adds) on x [B, in_ch, T] -> [B, out_ch, T]."""
-    conv, norm = block.conv, block.norm
-    h = _conv1d(x, conv)                                                    # [B, out_ch, T]
-    return epilogue(h, conv.bias, norm.weight, norm.bias, norm.num_groups, norm.eps,
-                    emb_add=emb_add, residual=residual)
+        """Mish(GroupNorm(conv(x))) [+ emb_add[:, :, None]] [+ residual]: x [B, in_ch, T] ->
+        [B, out_ch, T]."""
+        norm = self.norm
+        return _epilogue(self.conv_forward(x), self.conv.bias, norm.weight, norm.bias,
+                         norm.num_groups, norm.eps, emb_add, residual)
 
 
-def _residual_block(block: ResidualTemporalBlock, x: torch.Tensor, mish_emb: torch.Tensor,
-                    epilogue: Epilogue) -> torch.Tensor:
-    """ResidualTemporalBlock on x [B, in_ch, T]; mish_emb = Mish(emb) [B, embed_dim], shared by
-    every block (embed_proj is Mish -> Linear)."""
-    lin = block.embed_proj[1]
-    emb_add = F.linear(mish_emb, lin.weight, lin.bias)                     # [B, out_ch]
-    h = _conv_block(block.block1, x, epilogue, emb_add=emb_add)
-    return _conv_block(block.block2, h, epilogue, residual=block.residual(x))
+class _SharedMish(threading.local):
+    """Mish(emb) once per embedding tensor. Every residual block of one U-Net forward gets the
+    same emb and applies Mish to it first (its embed_proj is Mish -> Linear); the fused blocks
+    share one Mish node, so under autograd the blocks' gradients are summed before the Mish's
+    backward (one backward instead of one per block). The recorded runs
+    (tests/test_recorded_runs.py) hold the fast path to exactly that summation order."""
+
+    def __init__(self):
+        self.emb: weakref.ref | None = None
+        self.out: torch.Tensor | None = None
+
+    def __call__(self, emb: torch.Tensor) -> torch.Tensor:
+        if self.emb is None or self.emb() is not emb:
+            self.emb, self.out = weakref.ref(emb), F.mish(emb)
+        return self.out
 
 
-def fused_unet_forward(unet: TemporalUNet, x: torch.Tensor, t: torch.Tensor,
-                       returns: torch.Tensor, actions: torch.Tensor,
-                       returns_mask: torch.Tensor | bool | None = None, *,
-                       use_triton: bool | None = None) -> torch.Tensor:
-    """``unet(x, t, returns, actions, returns_mask)`` with fused epilogues: x [B, T, C] -> eps
-    [B, T, C]. Differentiable (the Triton epilogue has its own backward)."""
-    if use_triton is None:
-        use_triton = triton_usable(x)
-    epilogue = groupnorm_mish if use_triton else _cpu_epilogue
-    mish_emb = F.mish(unet.embed(t, returns, actions, returns_mask))       # [B, 3 * dim]
-    h = x.transpose(1, 2)                                                  # [B, C, T]
-    skips = []
-    for res1, res2, down in unet.downs:
-        h = _residual_block(res2, _residual_block(res1, h, mish_emb, epilogue), mish_emb,
-                            epilogue)
-        skips.append(h)
-        h = down(h)
-    h = _residual_block(unet.mid1, h, mish_emb, epilogue)
-    h = _residual_block(unet.mid2, h, mish_emb, epilogue)
-    for res1, res2, up in unet.ups:
-        h = torch.cat([h, skips.pop()], dim=1)
-        h = up(_residual_block(res2, _residual_block(res1, h, mish_emb, epilogue), mish_emb,
-                               epilogue))
-    h = unet.final_conv(_conv_block(unet.final_block, h, epilogue))        # [B, C, T]
-    return h.transpose(1, 2)                                               # [B, T, C]
+class FusedResidualBlock(ResidualTemporalBlock):
+    """``ResidualTemporalBlock`` whose embedding add and residual add ride in the fused
+    epilogues of its two Conv1dBlocks; holds the replaced block's modules."""
+
+    _mish = _SharedMish()
+
+    def __init__(self, block: ResidualTemporalBlock):
+        nn.Module.__init__(self)
+        self.block1 = FusedConv1dBlock(block.block1)
+        self.block2 = FusedConv1dBlock(block.block2)
+        self.embed_proj, self.residual = block.embed_proj, block.residual
+        self.train(block.training)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        # x: [B, in_ch, T], emb: [B, embed_dim]
+        _, linear = self.embed_proj             # Mish -> Linear, the Mish shared (_SharedMish)
+        emb_add = linear(self._mish(emb))                                # [B, out_ch]
+        h = self.block1(x, emb_add=emb_add)                              # [B, out_ch, T]
+        return self.block2(h, residual=self.residual(x))
+
+
+def fuse_blocks_(module: nn.Module) -> nn.Module:
+    """Swap every ResidualTemporalBlock and Conv1dBlock below ``module`` for its fused form, in
+    place (same parameters, same state_dict); returns ``module``."""
+    for name, child in module.named_children():
+        if isinstance(child, (FusedResidualBlock, FusedConv1dBlock)):
+            continue
+        if isinstance(child, ResidualTemporalBlock):
+            module.add_module(name, FusedResidualBlock(child))
+        elif isinstance(child, Conv1dBlock):
+            module.add_module(name, FusedConv1dBlock(child))
+        else:
+            fuse_blocks_(child)
+    return module
+
+
+def _sharing_copy(module: nn.Module) -> nn.Module:
+    """A copy of the module tree holding the same parameter and buffer tensors."""
+    twin = copy.copy(module)
+    twin._parameters = dict(module._parameters)
+    twin._buffers = dict(module._buffers)
+    twin._modules = {name: None if child is None else _sharing_copy(child)
+                     for name, child in module._modules.items()}
+    return twin
+
+
+def fused_copy(module: nn.Module) -> nn.Module:
+    """``module`` with fused blocks, sharing its parameters (an update of either is seen by
+    both); ``module`` itself is unchanged."""
+    return fuse_blocks_(_sharing_copy(module))
+
+
+def refresh_banded_(module: nn.Module) -> None:
+    """``FusedConv1dBlock.refresh_banded_`` for every fused block below ``module``."""
+    for m in module.modules():
+        if isinstance(m, FusedConv1dBlock):
+            m.refresh_banded_()
