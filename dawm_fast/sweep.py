@@ -43,8 +43,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="ray engine: the cluster address (default: start a local Ray)")
     p.add_argument("--cpus-per-run", type=float, default=None,
                    help="ray engine: CPUs a run reserves (default: --threads-per-worker)")
-    p.add_argument("--gpus-per-run", type=float, default=0.0,
-                   help="ray engine: GPUs a run reserves (fractions share a GPU)")
+    p.add_argument("--gpus-per-run", type=float, default=None,
+                   help="GPUs a world model trains on (more than one: data-parallel under "
+                        "torchrun); an RL run uses one. Ray: fractions share a GPU. Default: 1 "
+                        "where GPUs are visible, else 0")
+    p.add_argument("--gpus", type=int, default=None,
+                   help="local engine: GPUs to hand out to runs (default: all torch sees)")
     p.add_argument("--dry-run", action="store_true",
                    help="print the plan and its estimated time; run nothing")
     p.add_argument("--force", action="store_true",
@@ -134,13 +138,21 @@ def main(argv=None) -> int:
             return 0
         check_settings(out, settings, args.force)
         print_plan(jobs, out, preset, args.workers if args.engine == "local" else 1)
+        visible = torch.cuda.device_count()
+        gpus_per_run = args.gpus_per_run if args.gpus_per_run is not None else \
+            (1.0 if visible else 0.0)
         if args.engine == "ray":
             from dawm_fast.experiments.ray_engine import run_ray
             summary = run_ray(jobs, out, args.threads_per_worker, args.address,
-                              args.cpus_per_run or args.threads_per_worker, args.gpus_per_run)
+                              args.cpus_per_run or args.threads_per_worker, gpus_per_run)
         else:
             from dawm_fast.experiments.local_engine import run_local
-            summary = run_local(jobs, out, args.workers, args.threads_per_worker)
+            gpus = visible if args.gpus is None else args.gpus
+            if gpus_per_run != int(gpus_per_run) or (gpus and gpus_per_run > gpus):
+                raise GridError(f"--gpus-per-run {gpus_per_run:g}: the local engine gives whole "
+                                f"GPUs, at most the {gpus} it has")
+            summary = run_local(jobs, out, args.workers, args.threads_per_worker, gpus,
+                                int(gpus_per_run) if gpus else 0)
     except GridError as e:
         die(str(e))
     except KeyboardInterrupt:

@@ -181,3 +181,8 @@ def test_plan_shares_one_world_model_per_task_and_seed():
         if j.arm == "plain":   # plain overrides any --set ratio, after it
             assert j.args[-2:] == ["--set", "synthetic_ratio=0"] and j.depends_on is None
     assert not any(np.isnan(j.estimated_minutes("smoke")) for j in jobs)
+    from dawm_fast.experiments.runner import job_command
+    wm_cmd = job_command(wm[0], threads=1, ddp_processes=2)
+    assert wm_cmd[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
+    rl = next(j for j in jobs if j.kind == "rl")
+    assert job_command(rl, threads=1, ddp_processes=2)[1:3] == ["-m", "dawm_fast.train"]

@@ -13,7 +13,11 @@ BUSY_RETRY_S = 10.0   # a job whose directory another process owns is retried af
 
 
 def run_local(jobs: list[Job], sweep_dir: Path, workers: int, threads: int,
+              gpus: int = 0, gpus_per_run: int = 1,
               progress_every_s: float = 30.0) -> SweepSummary:
+    """Run the jobs on `workers` local processes. With `gpus` > 0 each job gets its own GPUs
+    (CUDA_VISIBLE_DEVICES): a world model `gpus_per_run` of them (data-parallel under torchrun
+    when more than one), an RL run one."""
     summary = SweepSummary()
     outcomes = {}
     pending = []
@@ -23,6 +27,8 @@ def run_local(jobs: list[Job], sweep_dir: Path, workers: int, threads: int,
         else:
             pending.append(job)
     running: dict[str, tuple[Job, object, float]] = {}
+    free_gpus = list(range(gpus))
+    held: dict[str, list[int]] = {}
     retry_at: dict[str, float] = {}
     stop = {"signal": None}
 
@@ -41,6 +47,7 @@ def run_local(jobs: list[Job], sweep_dir: Path, workers: int, threads: int,
                 if rc is None:
                     continue
                 del running[name]
+                free_gpus = sorted(free_gpus + held.pop(name, []))
                 if rc == BUSY_EXIT:
                     retry_at[name] = time.time() + BUSY_RETRY_S
                     pending.append(job)
@@ -69,8 +76,14 @@ def run_local(jobs: list[Job], sweep_dir: Path, workers: int, threads: int,
                     job.depends_on in outcomes and outcomes[job.depends_on].status != "failed")
                 if not dep_ok or retry_at.get(job.name, 0) > now:
                     continue
+                need = (gpus_per_run if job.kind == "wm" else 1) if gpus else 0
+                if need > len(free_gpus):
+                    continue
                 pending.remove(job)
-                running[job.name] = (job, start_job(job, sweep_dir, threads), now)
+                mine, free_gpus = free_gpus[:need], free_gpus[need:]
+                held[job.name] = mine
+                running[job.name] = (job, start_job(job, sweep_dir, threads,
+                                                    mine if gpus else None, len(mine)), now)
             if now - t_print >= progress_every_s:
                 t_print = now
                 _print_progress(outcomes, running, n_total, len(jobs) - n_total, t_start)

@@ -26,7 +26,8 @@ def _import_ray():
     return ray
 
 
-def _run_job_task(job: Job, sweep_dir: str, threads: int, *dependencies) -> dict:
+def _run_job_task(job: Job, sweep_dir: str, threads: int, ddp_processes: int,
+                  *dependencies) -> dict:
     """Body of a Ray task: run the job unless its world model failed; a busy run directory
     (another sweep owns it) is waited for."""
     for dep in dependencies:
@@ -35,7 +36,7 @@ def _run_job_task(job: Job, sweep_dir: str, threads: int, *dependencies) -> dict
                     "error": f"its world model {dep['name']} failed: {dep['error']}"}
     t0 = time.time()
     while True:
-        rc = start_job(job, Path(sweep_dir), threads).wait()
+        rc = start_job(job, Path(sweep_dir), threads, ddp_processes=ddp_processes).wait()
         if rc != BUSY_EXIT or time.time() - t0 > MAX_BUSY_WAIT_S:
             break
         time.sleep(10.0)
@@ -60,8 +61,11 @@ def run_ray(jobs: list[Job], sweep_dir: Path, threads: int, address: str | None,
             outcomes[job.name] = JobOutcome(job, "skipped")
             continue
         deps = [refs[job.depends_on]] if job.depends_on in refs else []
-        refs[job.name] = remote.options(num_cpus=cpus_per_run, num_gpus=gpus_per_run,
-                                        name=job.name).remote(job, str(sweep_dir), threads,
+        # a world model trains on all its GPUs (torchrun inside the task); an RL run uses one
+        gpus = gpus_per_run if job.kind == "wm" else min(gpus_per_run, 1.0)
+        ddp = int(gpus_per_run) if job.kind == "wm" and gpus_per_run >= 2 else 1
+        refs[job.name] = remote.options(num_cpus=cpus_per_run, num_gpus=gpus,
+                                        name=job.name).remote(job, str(sweep_dir), threads, ddp,
                                                               *deps)
     print(f"[sweep] {len(jobs)} jobs: {len(outcomes)} finished earlier, {len(refs)} submitted "
           f"to Ray ({ray.cluster_resources().get('CPU', 0):.0f} CPUs, "
