@@ -48,3 +48,21 @@ def minari_store(tmp_path, monkeypatch):
 @pytest.fixture
 def rng():
     return np.random.default_rng(int.from_bytes(os.urandom(4), "little"))
+
+
+@pytest.fixture(scope="session")
+def untrained_sampling_model():
+    """make(obs_dim, act_dim, device="cpu", **unet_config) -> a seeded, untrained world model
+    (horizon 8) in eval mode whose final layer is scaled down: a small eps keeps untrained samples
+    spread out instead of all at +-1, so sampling comparisons see real values."""
+    from dawm_fast.world_model import DiffusionWorldModel, TemporalUNetConfig, WorldModelConfig
+
+    def make(obs_dim: int, act_dim: int, device: str = "cpu", **unet_config):
+        torch.manual_seed(0)
+        m = DiffusionWorldModel(obs_dim, act_dim, WorldModelConfig(
+            horizon=8, unet=TemporalUNetConfig(**unet_config))).to(device).eval()
+        with torch.no_grad():
+            m.unet.final_conv.weight.mul_(0.01)
+            m.unet.final_conv.bias.mul_(0.01)
+        return m
+    return make

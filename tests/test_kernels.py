@@ -218,14 +218,8 @@ def test_fused_blocks_gradients_match_module(tiny_model):
 
 # ---- the "fast" sampling backend ---------------------------------------------------------------
 @pytest.fixture(scope="module")
-def sampling_model() -> DiffusionWorldModel:
-    torch.manual_seed(0)
-    m = DiffusionWorldModel(OBS, ACT, WorldModelConfig(
-        horizon=T, unet=TemporalUNetConfig(dim=8, dim_mults=(1, 2), n_groups=2))).to(DEV).eval()
-    with torch.no_grad():   # small eps keeps untrained samples spread out instead of all at +-1
-        m.unet.final_conv.weight.mul_(0.01)
-        m.unet.final_conv.bias.mul_(0.01)
-    return m
+def sampling_model(untrained_sampling_model) -> DiffusionWorldModel:
+    return untrained_sampling_model(OBS, ACT, DEV, dim=8, dim_mults=(1, 2), n_groups=2)
 
 
 def sampling_inputs(b: int, seed: int):

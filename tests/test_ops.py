@@ -11,8 +11,7 @@ import pytest
 import torch
 
 from dawm_fast.sampling import SamplingConfig, sample_windows
-from dawm_fast.world_model import (DDIMScheduler, DiffusionWorldModel, TemporalUNetConfig,
-                                   WorldModelConfig)
+from dawm_fast.world_model import DDIMScheduler, DiffusionWorldModel
 from dawm_fast.world_model.scheduler import DiffusionScheduleConfig
 
 torch.set_num_threads(1)
@@ -33,14 +32,8 @@ def ops():
 
 
 @pytest.fixture(scope="module")
-def model() -> DiffusionWorldModel:
-    torch.manual_seed(0)
-    m = DiffusionWorldModel(OBS, ACT, WorldModelConfig(
-        horizon=T, unet=TemporalUNetConfig(dim=16, dim_mults=(1, 2)))).eval()
-    with torch.no_grad():   # small eps keeps untrained samples spread out instead of all at +-1
-        m.unet.final_conv.weight.mul_(0.01)
-        m.unet.final_conv.bias.mul_(0.01)
-    return m
+def model(untrained_sampling_model) -> DiffusionWorldModel:
+    return untrained_sampling_model(OBS, ACT, dim=16, dim_mults=(1, 2))
 
 
 def inputs(b: int, seed: int, device: str = "cpu"):

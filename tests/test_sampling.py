@@ -12,7 +12,7 @@ from dawm_fast.sampling import (SamplingConfig, available_backends, failed_healt
                                 generate_transitions, healthy, register_backend, sample_windows)
 from dawm_fast.sampling import generate as generate_mod
 from dawm_fast.world_model import (DDIMScheduler, DiffusionWorldModel, InverseDynamics,
-                                   InverseDynamicsConfig, TemporalUNetConfig, WorldModelConfig)
+                                   InverseDynamicsConfig)
 
 torch.set_num_threads(1)
 
@@ -21,14 +21,8 @@ C = OBS + ACT + 1
 
 
 @pytest.fixture(scope="module")
-def model() -> DiffusionWorldModel:
-    torch.manual_seed(0)
-    m = DiffusionWorldModel(OBS, ACT, WorldModelConfig(
-        horizon=T, unet=TemporalUNetConfig(dim=16, dim_mults=(1, 2)))).eval()
-    with torch.no_grad():   # small eps keeps untrained samples spread out instead of all at +-1
-        m.unet.final_conv.weight.mul_(0.01)
-        m.unet.final_conv.bias.mul_(0.01)
-    return m
+def model(untrained_sampling_model) -> DiffusionWorldModel:
+    return untrained_sampling_model(OBS, ACT, dim=16, dim_mults=(1, 2))
 
 
 @pytest.fixture(scope="module")
