@@ -113,7 +113,8 @@ def print_plan(jobs: list[Job], sweep_dir: Path, preset: str, workers: int) -> N
                                     {t.name for t in todo} else 0)) for j in todo) if todo else 0
     wall = max(total / max(workers, 1), chain)
     n_wm = sum(j.kind == "wm" for j in jobs)
-    source = "measured in this sweep" if measured else "per-preset estimates"
+    source = (f"measured in this sweep for {', '.join(sorted(measured))}, estimated for the "
+              f"rest" if measured else "per-preset estimates")
     print(f"[sweep] plan: {len(jobs)} jobs ({n_wm} world models, {len(jobs) - n_wm} RL runs), "
           f"{len(jobs) - len(todo)} finished; to run: {len(todo)} jobs, ~{total:.0f} "
           f"worker-minutes, ~{_fmt_s(wall * 60)} on {workers} worker(s) ({source})", flush=True)

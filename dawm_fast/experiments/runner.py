@@ -45,7 +45,7 @@ def start_job(job: Job, sweep_dir: Path, threads: int, gpus: list[int] | None = 
     cmd = job_command(job, threads, ddp_processes)
     log = open(log_path, "a")
     gpu_note = f"CUDA_VISIBLE_DEVICES={','.join(map(str, gpus))} " if gpus is not None else ""
-    log.write(f"$ {gpu_note}{' '.join(cmd[1:])}\n")
+    log.write(f"$ {gpu_note}python {' '.join(cmd[1:])}\n")
     log.flush()
     # Its own session: stopping the sweep signals each run itself (it checkpoints and exits),
     # and a terminal's Ctrl-C reaches the sweep only.
