@@ -115,6 +115,42 @@ def test_groupnorm_mish_backward_matches_autograd(b, c, g, t, with_emb, with_res
         assert_close(gt, w, rtol=1e-4, atol=1e-5)
 
 
+def test_groupnorm_mish_op_autograd_with_the_triton_backward():
+    """The op's registered autograd (dawm_fast/ops/registrations.py), its backward the Triton
+    launcher: on a CPU the forward is the C++ kernel and the Triton backward is registered for
+    CPU tensors for this test only (under the interpreter); on CUDA both are Triton."""
+    from dawm_fast import ops
+    from dawm_fast.ops import registrations
+    if not ops.has_ops():
+        pytest.skip("the dawm_fast C++ extension is unavailable")
+    lib = None
+    if DEV.type == "cpu":
+        lib = torch.library.Library("dawm_fast", "IMPL")
+        torch.library.register_kernel("dawm_fast::groupnorm_mish_backward", "cpu",
+                                      registrations._groupnorm_mish_backward_cuda, lib=lib)
+    try:
+        gen = torch.Generator().manual_seed(21)
+        b, c, g, t = 2, 24, 8, 4
+        leaves = [randn(b, c, t, gen=gen, scale=2.0), randn(c, gen=gen),
+                  1 + randn(c, gen=gen, scale=0.5), randn(c, gen=gen), randn(b, c, gen=gen),
+                  randn(b, c, t, gen=gen)]
+        dy = randn(b, c, t, gen=gen)
+
+        def grads(fn):
+            xs = [v.detach().clone().requires_grad_(True) for v in leaves]
+            y = fn(*xs[:4], g, 1e-5, xs[4], xs[5])
+            return y, torch.autograd.grad(y, xs, dy)
+
+        y, got = grads(ops.groupnorm_mish)
+        y_ref, want = grads(groupnorm_mish_reference)
+        assert_close(y, y_ref)
+        for gt, w in zip(got, want):
+            assert_close(gt, w, rtol=1e-4, atol=1e-5)
+    finally:
+        if lib is not None:
+            lib._destroy()
+
+
 # ---- ddim_update -------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_model() -> DiffusionWorldModel:
@@ -158,6 +194,33 @@ def test_ddim_update_matches_scheduler_step(tiny_model, b, eta, clip_sample):
         assert_close(out, want, rtol=1e-5, atol=1e-6)
         # the CPU path's reference is the scheduler's arithmetic op for op
         assert torch.equal(ddim_update_reference(eps2, x, s0, a0, **args), want)
+
+
+@pytest.mark.parametrize("eta,clip_sample", [(0.0, True), (0.7, False)])
+def test_ddim_op_cuda_implementation_matches_cpu_kernel(eta, clip_sample):
+    """The ops' CUDA implementations (the Triton launchers behind the op's schema, as registered
+    in dawm_fast/ops/registrations.py) called with the op's arguments equal its C++ CPU kernel
+    (on a CPU: the launchers under the interpreter)."""
+    from dawm_fast import ops
+    from dawm_fast.ops import registrations
+    if not ops.has_ops():
+        pytest.skip("the dawm_fast C++ extension is unavailable")
+    sched = DDIMScheduler(DiffusionScheduleConfig(clip_sample=clip_sample), eta=eta)
+    sched.set_timesteps(3)
+    gen = torch.Generator().manual_seed(int(eta * 10))
+    b = 3
+    x, z = randn(b, T, C, gen=gen, scale=2.0), randn(b, T, C, gen=gen)
+    s0, a0 = randn(b, OBS, gen=gen), randn(b, ACT, gen=gen)
+    eps2 = randn(2 * b, C, T, gen=gen, scale=2.0).transpose(1, 2)
+    k = ops.step_kwargs(sched.step_coefficients(1))
+    args = (eps2, x, s0, a0, z if eta > 0 else None, 1.2, k["sqrt_recip_alpha"],
+            k["sqrt_recipm1_alpha"], k["sqrt_alpha"], k["recip_sqrt_one_minus_alpha"],
+            k["sqrt_alpha_prev"], k["dir_coef"], k["sigma"], k["clip"], 0.5)
+    cpu = torch.ops.dawm_fast.ddim_guided_update(*(a.cpu() if torch.is_tensor(a) else a
+                                                   for a in args))
+    assert_close(registrations._ddim_guided_update_cuda(*args).cpu(), cpu, rtol=1e-6, atol=1e-7)
+    assert torch.equal(registrations._condition_noise_cuda(z, s0, a0, 0.5).cpu(),
+                       torch.ops.dawm_fast.condition_noise(z.cpu(), s0.cpu(), a0.cpu(), 0.5))
 
 
 def test_condition_noise_matches_model_conditioning(tiny_model):
