@@ -3,14 +3,15 @@
 Installed as ``dawm_fast.kernels`` (setup.py maps this top-level folder of the source tree there);
 it imports nothing else of ``dawm_fast``: kernels take tensors and floats only. Modules:
 ``groupnorm_mish`` (the U-Net block epilogue, forward and backward) and ``ddim_update`` (the
-guided DDIM step with the conditioning write).
+guided DDIM step with the conditioning write). The launchers are the CUDA implementations of the
+``dawm_fast`` ops (registered by ``dawm_fast.ops.registrations``); the package calls them only
+through the ops.
 
-``triton_usable`` is the one place that decides whether a launcher may run on a tensor:
+``triton_usable`` says whether a launcher may run on a tensor (the tests ask it):
   * CUDA tensors: yes, when Triton is installed;
   * CPU tensors: only when the kernels were built for Triton's interpreter, i.e. TRITON_INTERPRET
     was set when this package was imported (``triton.jit`` reads it at decoration time, so a
     later change of the variable cannot affect already defined kernels).
-Everything else takes the ``*_reference`` functions.
 """
 from __future__ import annotations
 
