@@ -115,7 +115,7 @@ class DiffusionWorldModel(nn.Module):
         x0 [B, T, C] normalized windows, returns [B] normalized g, actions [B, act_dim] = a_t.
         Random draws, in order, all from ``generator``: t [B], noise [B, T, C], then the
         return-keep mask [B]. ``forward(x_t, t, returns, actions, keep)`` is the network; default
-        ``self.unet`` (the fast trainer passes the fused U-Net forward: same function).
+        ``self.unet`` (whose blocks the fast trainer has swapped for fused ones: same function).
         ``shard = (rank, world)``: x0 is rank's slice of a global batch of world * B windows; the
         draws are made for the global batch and sliced the same way, so every rank's generator
         stays in step and data-parallel training sees the samples one process would.

@@ -2,7 +2,7 @@
 
 The network only maps a noisy window and its conditioning to an eps prediction. It knows nothing
 about the noise schedule, inpainting or guidance arithmetic; those live in the scheduler and the
-sampling loop. The block structure is explicit on purpose: a fused kernel will later replace
+sampling loop. The block structure is explicit on purpose: a fused block (``fused_unet``) replaces
 exactly one ``Conv1dBlock`` (conv + bias + GroupNorm + Mish), optionally followed by the
 embedding add and the residual add of a ``ResidualTemporalBlock``.
 """
