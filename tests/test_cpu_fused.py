@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from dawm_fast import ops
 from dawm_fast.sampling import SamplingConfig, sample_windows
 from dawm_fast.world_model import DiffusionWorldModel, TemporalUNetConfig, WorldModelConfig
-from dawm_fast.world_model.fused_unet import FusedConv1dBlock, fused_copy
+from dawm_fast.world_model.fused_unet import FusedConv1dBlock, fuse_blocks_, fused_copy
 from dawm_fast.world_model.unet import Conv1dBlock
 from dawm_fast.kernels.groupnorm_mish import groupnorm_mish_reference
 
@@ -118,6 +118,29 @@ def test_fused_unet_cpu_forward_matches_module(dim, mults, horizon, b):
     args = unet_inputs(unet, b, seed=dim + b)
     with torch.no_grad():
         assert_close(fused_copy(unet)(*args), unet(*args), rtol=1e-4, atol=1e-4)
+
+
+def test_fuse_blocks_swaps_in_place_with_the_same_state():
+    """fuse_blocks_ replaces every block in place: the same parameter objects, the same
+    state_dict keys and values, the same function; a fused module loads a reference
+    state_dict and vice versa."""
+    torch.manual_seed(0)
+    unet = DiffusionWorldModel(4, 3, WorldModelConfig(
+        horizon=8, unet=TemporalUNetConfig(dim=8, dim_mults=(1, 2), n_groups=2))).eval().unet
+    params, state = list(unet.parameters()), unet.state_dict()
+    args = unet_inputs(unet, 2, seed=3)
+    with torch.no_grad():
+        want = unet(*args)
+        assert fuse_blocks_(unet) is unet
+        got = unet(*args)
+    assert type(unet.downs[0][0]).__name__ == "FusedResidualBlock"
+    assert type(unet.final_block).__name__ == "FusedConv1dBlock"
+    assert all(p is q for p, q in zip(unet.parameters(), params))
+    fused_state = unet.state_dict()
+    assert list(fused_state) == list(state)
+    assert all(torch.equal(fused_state[k], state[k]) for k in state)
+    assert_close(got, want, rtol=1e-4, atol=1e-4)
+    unet.load_state_dict(state)
 
 
 def test_fused_unet_cpu_forward_keeps_gradients():
