@@ -16,7 +16,7 @@ keeps the ones before the medium policy to rebuild a medium-replay buffer.
     python -m dawm_fast.behavior.online_td3 --env hopper --workdir behavior_runs/hopper
 
 A workdir is not committed (``behavior_runs/`` is git-ignored); the project's own runs were last
-committed in 61039f3 (README, "Behaviour policies"), from where a restored workdir resumes.
+committed in 61039f3 (docs/data.md, "Behaviour policies"), from where a restored workdir resumes.
 """
 from __future__ import annotations
 
