@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -53,7 +54,9 @@ def init(world: World, device: str) -> None:
     backend = "nccl" if device.startswith("cuda") else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(world.local_rank)
-    dist.init_process_group(backend=backend)
+    # The other ranks wait in one broadcast while rank 0 loads the data (first use may generate
+    # it) and trains the IDM: give that more than the default 10 (NCCL) / 30 (gloo) minutes.
+    dist.init_process_group(backend=backend, timeout=timedelta(hours=2))
 
 
 def shutdown() -> None:
