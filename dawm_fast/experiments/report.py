@@ -214,11 +214,11 @@ def aggregate(cells: list[Cell], reps: int) -> list[dict]:
     return out
 
 
-def make_report(root: Path, reps: int = stats.DEFAULT_REPS) -> dict:
+def make_report(root: Path, reps: int = stats.DEFAULT_REPS, runs: list[Run] | None = None) -> dict:
     if not root.is_dir():
         raise ReportError(f"{root} is not a directory; give a sweep directory (python -m "
                           f"dawm_fast.sweep ... --out DIR)")
-    runs = load_runs(root)
+    runs = load_runs(root) if runs is None else runs
     if not runs:
         raise ReportError(f"{root} holds no finished run (no results.json under it); run the "
                           f"sweep first, or wait for its first runs to finish")
@@ -379,11 +379,15 @@ def write_plots(rep: dict, runs: list[Run], plot_dir: Path) -> list[Path]:
 
 def write_report(root: Path, reps: int = stats.DEFAULT_REPS,
                  commands: list[str] | None = None) -> dict:
-    rep = make_report(root, reps)
+    if not root.is_dir():
+        raise ReportError(f"{root} is not a directory; give a sweep directory (python -m "
+                          f"dawm_fast.sweep ... --out DIR)")
+    runs = load_runs(root)                   # read once, for the numbers and the plots
+    rep = make_report(root, reps, runs)
     from dawm_fast.run_io import atomic_write_text, write_json
     write_json(root / "report.json", rep)
     atomic_write_text(root / "report.md", to_markdown(rep, commands))
-    write_plots(rep, load_runs(root), root / "plots")
+    write_plots(rep, runs, root / "plots")
     return rep
 
 
