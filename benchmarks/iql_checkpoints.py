@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
@@ -37,7 +38,11 @@ def checkpoints(paths: list[str], env: str, episodes: int, seed: int) -> None:
     prev = None
     for ck in cks:
         st = ck["agent"]
-        agent = IQL(ds.obs_dim, ds.act_dim, IQLConfig(**st["config"]))
+        # Checkpoints written before seed, gamma and max_steps left IQLConfig still carry them:
+        # none matters here (the weights, optimizers and LR schedule all come from the checkpoint).
+        known = {f.name for f in dataclasses.fields(IQLConfig)}
+        agent = IQL(ds.obs_dim, ds.act_dim,
+                    IQLConfig(**{k: v for k, v in st["config"].items() if k in known}))
         agent.load_state_dict(st)
         with torch.no_grad():
             mean = torch.as_tensor(agent.act(obs.numpy()))                   # [n, act]

@@ -18,11 +18,15 @@ from dawm_fast.rl.td3bc import TD3BCConfig
 from dawm_fast.sampling.generate import SamplingConfig
 from dawm_fast.world_model.action_labels import ACTION_SOURCES
 from dawm_fast.world_model import (DiffusionScheduleConfig, EMAConfig, InverseDynamicsConfig,
-                                   TemporalUNetConfig, WorldModelConfig)
+                                   TemporalUNetConfig, WorldModelConfig, WorldModelTrainerConfig)
 
 PRESETS = ("smoke", "cpu", "paper")
 ALGOS = ("td3bc", "iql")
-BACKENDS = ("reference", "fast")
+# "auto": fast where it runs, else reference (dawm_fast.backends.resolve_backend says which and
+# why); a saved config always holds the resolved one.
+BACKENDS = ("auto", "reference", "fast")
+# The layout of config.json. Older layouts are read through migrate_config_dict.
+CONFIG_VERSION = 2
 
 # Normalized target return-to-go (g / task scale) used for guidance at sampling time: the middle of
 # the ranges DWM reports (REFERENCE.md), by env and dataset kind.
@@ -74,7 +78,7 @@ class PipelineConfig:
     algo: str = "td3bc"                   # td3bc | iql
     preset: str = "cpu"                   # smoke | cpu | paper (sizes below)
     seed: int = 0
-    backend: str = "reference"            # sampling backend: reference | fast
+    backend: str = "auto"                 # auto | reference | fast (resolved before a run)
     device: str = "cpu"                   # torch device the run uses
     data_source: str = "auto"             # auto | minari | d4rl | embedded
     data_path: str | None = None          # D4RL .hdf5 file for data_source="d4rl"
@@ -82,7 +86,8 @@ class PipelineConfig:
     # Keep a seeded random share of the dataset's whole episodes (the run's seed draws them), for
     # the little-data setting where augmentation gains are largest (SynthER). 1.0: all.
     episode_fraction: float = 1.0
-    gamma: float = 0.99                   # discount of the return-to-go and of the RL agents
+    # The one discount: of the world model's return-to-go and of the RL agents' TD targets.
+    gamma: float = 0.99
     # -- inverse dynamics ------------------------------------------------------------------------
     idm: InverseDynamicsConfig = field(default_factory=InverseDynamicsConfig)
     # -- world model -----------------------------------------------------------------------------
@@ -96,12 +101,8 @@ class PipelineConfig:
     # ("nothing moves": 0.105), the standardized one's by 0.056. Rewards: min-max to [-1, 1].
     state_normalizer: str = "gaussian"
     world_model: WorldModelConfig = field(default_factory=pipeline_world_model)
-    wm_steps: int = 2_000_000             # DWM: 2e6 iterations at batch 64
-    wm_batch_size: int = 64
-    wm_lr: float = 1e-4
-    wm_bf16: bool = False                 # bf16 autocast in world-model training (fp32 master)
-    wm_ema: EMAConfig = field(default_factory=EMAConfig)
-    wm_checkpoint_every: int = 5_000
+    # steps, batch, learning rate, EMA, bf16 autocast and checkpoint cadence of its training
+    wm_training: WorldModelTrainerConfig = field(default_factory=WorldModelTrainerConfig)
     # -- generation ------------------------------------------------------------------------------
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     n_synthetic_starts: int = 200_000     # real (s_t, a_t) starts; each gives up to T-1 transitions
@@ -112,7 +113,7 @@ class PipelineConfig:
     # path is taken from the working directory.
     world_model_dir: str | None = None
     # -- offline RL ------------------------------------------------------------------------------
-    rl_steps: int = 1_000_000             # gradient updates
+    rl_steps: int = 1_000_000             # gradient updates (the horizon of IQL's actor LR decay)
     synthetic_ratio: float = 0.5          # share of each batch drawn from synthetic data; 0 = plain
     # Who labels the synthetic transitions' inferred actions: "idm" (DAWM); "bc" or "random" are
     # the referee's ablation (a BC policy on the synthetic state, uniform noise), same world
@@ -131,7 +132,7 @@ class PipelineConfig:
             default_target_return(self.env)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "config_version": CONFIG_VERSION}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1, sort_keys=True)
@@ -149,17 +150,97 @@ class PipelineConfig:
 # algorithm, synthetic ratio or RL settings.
 WORLD_MODEL_FIELDS = ("env", "seed", "backend", "data_source", "data_path", "max_transitions",
                       "episode_fraction", "gamma", "idm", "state_normalizer", "world_model",
-                      "wm_steps", "wm_batch_size", "wm_lr", "wm_bf16", "wm_ema", "sampling",
-                      "n_synthetic_starts")
+                      "wm_training", "sampling", "n_synthetic_starts")
 
 
 def world_model_fingerprint(cfg: "PipelineConfig") -> str:
-    """A short hash of everything that decides a run's world model and synthetic data."""
+    """A short hash of everything that decides a run's world model and synthetic data.
+
+    It hashes those values in config layout 1, so that a refactor of the config does not orphan
+    the world models sweeps have already trained (their directories are named by it)."""
     d = cfg.to_dict()
-    key = {k: d[k] for k in WORLD_MODEL_FIELDS}
+    key = {k: d[k] for k in WORLD_MODEL_FIELDS if k != "wm_training"}
+    key["idm"] = {**key["idm"], "seed": 0}          # layout 1 kept an unused idm.seed of 0
+    training = dict(d["wm_training"])
+    for old, new in _V1_WORLD_MODEL_TRAINING.items():
+        if new in ("steps", "batch_size", "lr", "bf16", "ema"):
+            key[old] = training[new]
     key["target_return"] = cfg.resolved_target_return()
     blob = json.dumps(key, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:10]
+
+
+# -- older config layouts ------------------------------------------------------------------------
+# Layout 1 (before config_version) kept the world model's training settings as flat wm_* fields,
+# and copies of values owned elsewhere: the discount in td3bc/iql, IQL's decay horizon
+# (iql.max_steps, always rl_steps), and seeds of 0 that the pipeline overwrote where used.
+_V1_WORLD_MODEL_TRAINING = {"wm_steps": "steps", "wm_batch_size": "batch_size", "wm_lr": "lr",
+                            "wm_bf16": "bf16", "wm_ema": "ema",
+                            "wm_checkpoint_every": "checkpoint_every"}
+_V1_DROPPED = {"td3bc": ("gamma", "seed"), "iql": ("gamma", "seed", "max_steps"),
+               "idm": ("seed",)}
+
+
+class ConfigMigrationError(ValueError):
+    pass
+
+
+def migrate_config_dict(d: dict) -> dict:
+    """A saved config (config.json, or results.json's "config") in today's layout. Every step
+    from one layout to the next is here, in order; values a layout left implicit are made
+    explicit as the code of that time used them."""
+    d = dict(d)
+    version = d.pop("config_version", 1)
+    if not isinstance(version, int) or version > CONFIG_VERSION:
+        raise ConfigMigrationError(f"config layout {version!r} is newer than this dawm_fast "
+                                   f"understands ({CONFIG_VERSION}); upgrade dawm_fast")
+    if version < 2:
+        # Runs saved before a field existed did what they did then: states scaled with the CDF
+        # (their normalizer file says "cdf" too) and step-0 rewards generated.
+        d.setdefault("state_normalizer", "cdf")
+        if "sampling" in d:
+            d["sampling"] = {"real_first_reward": False, **d["sampling"]}
+        training = {new: d.pop(old) for old, new in _V1_WORLD_MODEL_TRAINING.items() if old in d}
+        if training:
+            d["wm_training"] = {**d.get("wm_training", {}), **training}
+        for group, names in _V1_DROPPED.items():
+            if not isinstance(d.get(group), dict):
+                continue
+            d[group] = sub = dict(d[group])
+            gamma = sub.pop("gamma", None) if "gamma" in names else None
+            if gamma is not None and gamma != d.get("gamma", 0.99):
+                # the agent discounted with its own copy: not expressible in one value
+                raise ConfigMigrationError(f"this run's {group}.gamma ({gamma}) differs from its "
+                                           f"gamma ({d.get('gamma', 0.99)}); it cannot be resumed "
+                                           f"or compared by this dawm_fast")
+            for name in names:
+                sub.pop(name, None)
+    return d
+
+
+def config_differences(a: dict, b: dict, ignore: tuple[str, ...] = ()) -> list[str]:
+    """`key: A vs B` for every (dotted, nested) setting two saved configs disagree on, both read
+    in today's layout first (normalized_config_dict); top-level keys in `ignore` are skipped."""
+    return dict_differences(normalized_config_dict(a), normalized_config_dict(b), ignore)
+
+
+def normalized_config_dict(d: dict) -> dict:
+    """A saved config as today's code reads it: today's layout, fields it lacks at their
+    defaults then (migrate_config_dict) or now, tuples as JSON lists."""
+    return json.loads(json.dumps(config_from_dict(d).to_dict()))
+
+
+def dict_differences(a: dict, b: dict, ignore: tuple[str, ...] = (), prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(a) | set(b)):
+        if k in ignore:
+            continue
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += dict_differences(va, vb, (), f"{prefix}{k}.")
+        elif va != vb:
+            out.append(f"{prefix}{k}: {va!r} vs {vb!r}")
+    return out
 
 
 def _parse_value(text: str):
@@ -178,6 +259,8 @@ def apply_overrides(cfg: "PipelineConfig", assignments: list[str]) -> "PipelineC
         if not sep or not key:
             raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. synthetic_ratio=0.25")
         value = _parse_value(text)
+        if key in _V1_WORLD_MODEL_TRAINING:      # a layout-1 name (e.g. in an older sweep.json)
+            key = f"wm_training.{_V1_WORLD_MODEL_TRAINING[key]}"
         cfg = _set_path(cfg, key.split("."), value, key)
     return cfg
 
@@ -232,21 +315,23 @@ def preset_config(preset: str, env: str, algo: str, **overrides) -> PipelineConf
             env=env, algo=algo, preset=preset,
             idm=InverseDynamicsConfig(n_steps=10_000),
             world_model=pipeline_world_model(unet=TemporalUNetConfig(dim=32, dim_mults=(1, 2, 4))),
-            wm_steps=12_000, wm_ema=EMAConfig(start_step=500), wm_checkpoint_every=1_000,
+            wm_training=WorldModelTrainerConfig(steps=12_000, ema=EMAConfig(start_step=500),
+                                                checkpoint_every=1_000),
             sampling=SamplingConfig(batch_size=1024), n_synthetic_starts=40_000,
             rl_steps=100_000, rl_checkpoint_every=5_000, eval_every=20_000, eval_episodes=5,
-            iql=dataclasses.replace(iql, max_steps=100_000))
+            iql=iql)
     else:  # smoke: every stage runs, in well under two minutes
         cfg = PipelineConfig(
             env=env, algo=algo, preset=preset, max_transitions=20_000,
             idm=InverseDynamicsConfig(n_steps=300, hidden=64),
             world_model=pipeline_world_model(unet=TemporalUNetConfig(dim=16, dim_mults=(1, 2),
                                                                      embed_hidden_mult=2)),
-            wm_steps=200, wm_ema=EMAConfig(start_step=50), wm_checkpoint_every=100,
+            wm_training=WorldModelTrainerConfig(steps=200, ema=EMAConfig(start_step=50),
+                                                checkpoint_every=100),
             sampling=SamplingConfig(batch_size=512), n_synthetic_starts=1_000,
             rl_steps=600, rl_checkpoint_every=200, eval_every=300, eval_episodes=2,
             final_eval_episodes=2, progress_every_s=5.0,
-            td3bc=TD3BCConfig(hidden=64), iql=dataclasses.replace(iql, hidden=64, max_steps=600))
+            td3bc=TD3BCConfig(hidden=64), iql=dataclasses.replace(iql, hidden=64))
     for k, v in overrides.items():
         if not hasattr(cfg, k):
             raise ValueError(f"unknown config field {k!r}")
@@ -255,7 +340,8 @@ def preset_config(preset: str, env: str, algo: str, **overrides) -> PipelineConf
 
 
 def config_from_dict(d: dict) -> PipelineConfig:
-    """Inverse of PipelineConfig.to_dict (nested dataclasses rebuilt, tuples restored)."""
+    """Inverse of PipelineConfig.to_dict (nested dataclasses rebuilt, tuples restored), for
+    configs saved in any layout (migrate_config_dict). Raises ConfigMigrationError."""
     def build(cls, values):
         kwargs = {}
         for f in dataclasses.fields(cls):
@@ -271,13 +357,7 @@ def config_from_dict(d: dict) -> PipelineConfig:
                 v = tuple(v)
             kwargs[f.name] = v
         return cls(**kwargs)
-    # Runs saved before a field existed did what they did then; resuming one must not silently
-    # switch it: states scaled with the CDF (its normalizer file says "cdf" too), step-0 rewards
-    # generated.
-    d = {"state_normalizer": "cdf", **d}
-    if "sampling" in d:
-        d["sampling"] = {"real_first_reward": False, **d["sampling"]}
-    return build(PipelineConfig, d)
+    return build(PipelineConfig, migrate_config_dict(d))
 
 
 # Seeds feed numpy's legacy seeding (below 2**32) and offsets such as seed * 1000 + step.

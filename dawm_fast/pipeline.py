@@ -1,47 +1,41 @@
 """The DAWM pipeline, stage by stage: data -> IDM -> world model -> generation -> RL -> evaluation.
 
-Each stage writes its product into the run directory; `progress.json` records the finished ones, so
-re-running with the same directory resumes at the first unfinished stage, and the long stages
-(world model, RL) resume mid-stage from their last atomic checkpoint.
+A thin sequence of parts: each stage calls the part that does its work (`world_model.fit`,
+`rl.loop`, `sampling`, `evaluation`), writes its product into the run directory and returns what
+results.json reports. `progress.json` records the finished stages, so re-running with the same
+directory resumes at the first unfinished one; the long stages resume mid-stage from their last
+atomic checkpoint (`run_io.StageCheckpoint`). Errors carry no command-line wording.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
-import signal
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from dawm_fast import distributed
+from dawm_fast import backends, distributed
 from dawm_fast.config import (STATE_NORMALIZERS, PipelineConfig, config_from_dict,
                               world_model_fingerprint)
-from dawm_fast.data import (MinMaxNormalizer, Normalizer, OfflineDataset, load_dataset,
-                            make_windows, normalized_score)
+from dawm_fast.data import MinMaxNormalizer, Normalizer, OfflineDataset, load_dataset
 from dawm_fast.data.dataset import subset_episode_fraction, subset_episodes
 from dawm_fast.data.fingerprint import data_fingerprint, fingerprint_difference
 from dawm_fast.data.tasks import parse_task
-from dawm_fast.evaluation import dynamics_check, evaluate_policy
+from dawm_fast.distributed import World
+from dawm_fast.evaluation import dynamics_check, score_policy
 from dawm_fast.provenance import code_version
 from dawm_fast.rl.buffer import MixedSampler, Transitions, compute_obs_stats, iql_reward_scale
-from dawm_fast.rl.fast_updates import FastIQL, FastTD3BC
-from dawm_fast.rl.iql import IQL
-from dawm_fast.rl.td3bc import TD3BC
-from dawm_fast.distributed import World
-from dawm_fast.run_io import (Interrupted, MetricsLog, Progress, RunError, atomic_torch_save, deferred_stop,
-                              load_arrays, load_checkpoint, nonfinite_tensors, raise_if_stopped,
-                              reading, stop_requested, write_json)
-from dawm_fast.ops import ExtensionUnavailable
+from dawm_fast.rl.loop import train_agent
+from dawm_fast.run_progress import RunProgress, evaluation_fields, read_progress
+from dawm_fast.run_io import (MetricsLog, RunError, StageCheckpoint, atomic_torch_save,
+                              load_arrays, load_checkpoint, nonfinite_tensors, reading, write_json)
 from dawm_fast.sampling import generate_transitions
-from dawm_fast.step_graphs import GraphCaptureError
-from dawm_fast.world_model import (DiffusionWorldModel, InverseDynamics, WorldModelTrainer,
-                                   WorldModelTrainerConfig, train_inverse_dynamics)
-from dawm_fast.world_model import action_labels
-from dawm_fast.world_model.fast_training import FastWorldModelTrainer
-from dawm_fast.world_model.training import WindowBatcher
+from dawm_fast.world_model import (DiffusionWorldModel, InverseDynamics, action_labels,
+                                   train_inverse_dynamics)
+from dawm_fast.world_model.fit import fit_world_model, training_windows
 
 STAGES = ("data", "idm", "world_model", "generation", "rl", "evaluation")
 # The stages whose products (idm.pt, world_model.pt, synthetic.npz) depend on the task, the seed
@@ -53,10 +47,25 @@ PRODUCTS = {"idm": "idm.pt", "world_model": "world_model.pt", "generation": "syn
             "rl": "agent.pt"}
 CHECKPOINTS = {"world_model": "world_model_ckpt.pt", "rl": "rl_ckpt.pt"}
 SYNTHETIC_KEYS = ("observations", "actions", "rewards", "next_observations", "terminals")
-
-
+# What results.json takes from each stage's return, under the same names (None where the stage
+# did not run: a plain run has no world model).
+RESULT_FIELDS = {
+    "idm": ("idm_heldout_action_mse",),
+    "generation": ("action_consistency_mse", "one_step_state_mse", "copy_state_mse",
+                   "synthetic_clipped_fraction", "replay_state_error", "replay_still_error",
+                   "replay_reward_rmse", "synthetic_transitions", "generation_transitions_per_s"),
+    "rl": ("label_action_mse", "label_replay_state_error"),
+    "evaluation": ("final_score_mean", "final_score_std", "final_return_mean",
+                   "final_return_std", "score_reference"),
+}
+# The dataset-reference scores, present when the dataset has its own reference returns.
+OPTIONAL_RESULT_FIELDS = {"evaluation": ("dataset_score_mean", "dataset_score_std",
+                                         "dataset_reference")}
 class Pipeline:
     def __init__(self, cfg: PipelineConfig, out: Path, world: World = World()):
+        if cfg.backend == "auto":
+            cfg = dataclasses.replace(cfg, backend=backends.resolve_backend("auto",
+                                                                            cfg.device)[0])
         self.cfg = cfg
         self.out = out
         # Under torchrun: rank 0 runs every stage and writes every file; the other ranks run
@@ -65,50 +74,12 @@ class Pipeline:
         self._workers_released = not world.active
         self.device = torch.device(cfg.device)
         self.family, self.kind = parse_task(cfg.env)
-        self.progress_path = out / "progress.json"
-        self.state = {"identity": cfg.identity(), "done": {}}
-
-    # -- bookkeeping -----------------------------------------------------------------------------
-    def _load_progress(self) -> None:
-        if not self.progress_path.exists():
-            return
-        try:
-            state = json.loads(self.progress_path.read_text())
-            ok = (isinstance(state, dict) and isinstance(state.get("done"), dict)
-                  and isinstance(state.get("identity", {}), dict)
-                  and all(isinstance(v, dict) and isinstance(v.get("wall_s"), (int, float))
-                          and k in STAGES for k, v in state["done"].items()))
-        except ValueError:
-            ok = False
-        if not ok:
-            raise RunError(f"{self.progress_path} is corrupt; delete that file to redo every "
-                           f"stage from the checkpoints kept, or choose another --out")
-        state.setdefault("identity", self.cfg.identity())
-        self.state = state
-        self._redo_missing_products()
-
-    def _redo_missing_products(self) -> None:
-        """A finished stage whose product was deleted is redone, with every stage after it."""
-        done = self.state["done"]
-        for i, stage in enumerate(STAGES):
-            info, product = done.get(stage), PRODUCTS.get(stage)
-            if (info is None or product is None or "skipped" in info or "shared_from" in info
-                    or (self.out / product).exists()):
-                continue
-            redo = [s for s in STAGES[i:] if s in done]
-            for s in redo:
-                del done[s]
-            write_json(self.progress_path, self.state)
-            print(f"[{stage}] {self.out / product} is missing: redoing {', '.join(redo)}",
-                  flush=True)
-            return
-
-    def _finish(self, stage: str, wall_s: float, **info) -> None:
-        self.state["done"][stage] = {"wall_s": round(wall_s, 2), **info}
-        write_json(self.progress_path, self.state)
+        self.progress = RunProgress(out, STAGES, cfg.identity())
+        self.metrics: MetricsLog | None = None
+        self._relabelled = None
 
     def done(self, stage: str) -> bool:
-        return stage in self.state["done"]
+        return self.progress.done(stage)
 
     # -- the run ---------------------------------------------------------------------------------
     def run(self, until: str | None = None) -> dict | None:
@@ -131,21 +102,21 @@ class Pipeline:
         message = distributed.broadcast(None, self.world)
         if message is None:
             return
-        self.metrics = None
         self.stage_data()
-        self._train_world_model(message["checkpoint"])
+        self._fit_world_model(message["checkpoint"])
 
     def _run(self, until: str | None) -> dict | None:
         cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
-        self._load_progress()
+        self.progress.load()
+        self.progress.redo_missing_products({s: self.out / p for s, p in PRODUCTS.items()})
         write_json(self.out / "config.json", cfg.to_dict())
         self.metrics = MetricsLog(self.out / "metrics.csv")
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed)
         for stage in STAGES:
             if self.done(stage) and stage != "data":
-                print(f"[{stage}] finished earlier ({self.state['done'][stage]['wall_s']:.0f} s); "
+                print(f"[{stage}] finished earlier ({self.progress.finished[stage]['wall_s']:.0f} s); "
                       f"skipping", flush=True)
                 if stage == until:
                     return None
@@ -153,25 +124,19 @@ class Pipeline:
             t0 = time.time()
             if cfg.synthetic_ratio == 0 and stage in WORLD_MODEL_STAGES:
                 # the plain baseline: no world model at all, the RL code path unchanged
-                self._finish(stage, 0.0, skipped="synthetic_ratio 0")
+                self.progress.finish(stage, 0.0, skipped="synthetic_ratio 0")
                 continue
             if cfg.world_model_dir is not None and stage in WORLD_MODEL_STAGES:
                 self._adopt_shared(stage)
                 continue
-            if stage != "world_model" and self.world.active and STAGES.index(stage) > \
-                    STAGES.index("world_model"):
+            if self.world.active and STAGES.index(stage) > STAGES.index("world_model"):
                 self._release_workers(None)
-            ckpt = CHECKPOINTS.get(stage)
-            if ckpt is None or not (self.out / ckpt).exists():
+            if stage not in CHECKPOINTS or not (self.out / CHECKPOINTS[stage]).exists():
                 self.metrics.truncate_after(stage, -1)   # a stage redone from its start logs anew
-            try:
-                info = getattr(self, f"stage_{stage}")() or {}
-            except (GraphCaptureError, ExtensionUnavailable) as exc:
-                # finished stages and checkpoints stay on disk, and either backend resumes them
-                raise RunError(f"{exc}; rerun with --backend reference (plain eager PyTorch) "
-                               f"to go on") from exc
+            info = getattr(self, f"stage_{stage}")()
             if not self.done(stage):
-                self._finish(stage, time.time() - t0 + self._resumed_wall(stage), **info)
+                # a long stage returns its wall time, earlier attempts included
+                self.progress.finish(stage, info.pop("wall_s", time.time() - t0), **info)
             if stage == until:
                 return None
         return self.results()
@@ -188,28 +153,26 @@ class Pipeline:
         have finished it with the same world-model settings (same fingerprint)."""
         shared = self.products_dir
         try:
-            state = json.loads((shared / "progress.json").read_text())
+            state = read_progress(shared / "progress.json", STAGES)
             shared_cfg = config_from_dict(json.loads((shared / "config.json").read_text()))
         except (OSError, ValueError) as e:
+            state, why = None, type(e).__name__
+        else:
+            why = "corrupt progress.json"
+        if state is None:
             raise RunError(f"world_model_dir {shared} holds no readable finished world model "
-                           f"({type(e).__name__}); run its stages first (--until generation)") \
-                from None
-        if stage not in state.get("done", {}):
-            raise RunError(f"world_model_dir {shared} has not finished stage '{stage}'; run it "
-                           f"first (python -m dawm_fast.train ... --until generation --out "
-                           f"{shared})")
+                           f"({why}); run its stages first (until the generation stage)")
+        if stage not in state["done"]:
+            raise RunError(f"world_model_dir {shared} has not finished stage '{stage}'; run its "
+                           f"stages first (until the generation stage, with --out {shared})")
         want, have = world_model_fingerprint(self.cfg), world_model_fingerprint(shared_cfg)
         if want != have:
             raise RunError(f"world_model_dir {shared} was made with other world-model settings "
                            f"(fingerprint {have} there, {want} for this run)")
         info = dict(state["done"][stage])
-        self._finish(stage, 0.0, **{k: v for k, v in info.items() if k != "wall_s"},
+        self.progress.finish(stage, 0.0, **{k: v for k, v in info.items() if k != "wall_s"},
                      shared_from=str(shared), shared_wall_s=info.get("wall_s", 0.0))
         print(f"[{stage}] shared: read from {shared} (world model {want})", flush=True)
-
-    def _resumed_wall(self, stage: str) -> float:
-        """Wall time a stage had already spent before an interruption (kept in its checkpoint)."""
-        return getattr(self, "_wall_before", {}).get(stage, 0.0)
 
     # -- stage: data -----------------------------------------------------------------------------
     def stage_data(self) -> dict:
@@ -244,29 +207,16 @@ class Pipeline:
                 with open(tmp, "wb") as f:
                     norm.save(f)
                 os.replace(tmp, p)
-        # Windows as the world model's training tensors (normalized).
-        w = make_windows(ds, cfg.world_model.horizon, cfg.gamma, self.family.rtg_scale)
-        if len(w) == 0:
-            raise RunError(f"{cfg.env}: no episode is at least {cfg.world_model.horizon} steps "
-                           f"long; the dataset cannot train a horizon-"
-                           f"{cfg.world_model.horizon} world model")
-        m, t_len = w.states.shape[:2]
-        o, a = ds.obs_dim, ds.act_dim
-        x0 = np.zeros((m, t_len, o + a + 1), np.float32)                      # [M, T, C]
-        x0[:, :, :o] = self.state_norm.normalize(w.states)
-        x0[:, 0, o:o + a] = w.first_actions
-        x0[:, :, -1] = self.reward_norm.normalize(w.rewards[..., None])[..., 0]
-        self.windows = {"x0": torch.from_numpy(x0).to(self.device),
-                        "returns": torch.from_numpy(w.returns_to_go).to(self.device),
-                        "actions": torch.from_numpy(w.first_actions).to(self.device)}
-        self.real_rtg = w.returns_to_go
-        return {"transitions": len(ds), "windows": m, "source": ds.source,
+        self.windows = training_windows(ds, self.state_norm, self.reward_norm,
+                                        cfg.world_model.horizon, cfg.gamma,
+                                        self.family.rtg_scale, self.device)
+        return {"transitions": len(ds), "windows": len(self.windows["x0"]), "source": ds.source,
                 "load_s": round(time.time() - t0, 2)}
 
     def _check_data_fingerprint(self, ds: OfflineDataset) -> None:
         """Refuse to resume on other data than the run started on; runs saved before
         fingerprints existed have theirs recorded now."""
-        cfg, identity = self.cfg, self.state["identity"]
+        cfg, identity = self.cfg, self.progress.identity
         old = identity.get("data")
         path = cfg.data_path if cfg.data_source == "d4rl" else None
         fp = data_fingerprint(ds, path, known=old if isinstance(old, dict) else None)
@@ -276,8 +226,8 @@ class Pipeline:
                            f"data it started on to resume it, or choose another --out")
         if fp != old:
             identity["data"] = fp
-            if self.progress_path.exists():
-                write_json(self.progress_path, self.state)
+            if self.progress.path.exists():
+                self.progress.save()
 
     def _load_normalizer(self, path: Path, kind: str, dim: int) -> Normalizer:
         with reading(path, "data"):
@@ -293,24 +243,24 @@ class Pipeline:
     def stage_idm(self) -> dict:
         ds, cfg = self.dataset, self.cfg
         print(f"[idm] training the inverse dynamics model ({cfg.idm.n_steps:,} steps)", flush=True)
-        idm_cfg = dataclasses.replace(cfg.idm, seed=cfg.seed)
         idm, report = train_inverse_dynamics(self.state_norm.normalize(ds.observations),
                                              self.state_norm.normalize(ds.next_observations),
-                                             ds.actions, idm_cfg, device=self.device)
+                                             ds.actions, cfg.idm, device=self.device,
+                                             seed=cfg.seed)
         bad = nonfinite_tensors({"held-out MSE": report.heldout_mse, "train MSE": report.train_mse,
                                  "weights": idm.state_dict()})
         if bad:
             raise RunError(f"[idm] the inverse dynamics model's {bad[0]} became NaN or inf by step "
-                           f"{idm_cfg.n_steps} (not saved); rerun in another --out with a lower "
+                           f"{cfg.idm.n_steps} (not saved); rerun in another --out with a lower "
                            f"learning rate (--set idm.lr=..., now {cfg.idm.lr:g})")
         atomic_torch_save({"model": idm.state_dict(), "report": dataclasses.asdict(report)},
                           self.out / "idm.pt")
-        self.metrics.log("idm", idm_cfg.n_steps, heldout_action_mse=report.heldout_mse,
+        self.metrics.log("idm", cfg.idm.n_steps, heldout_action_mse=report.heldout_mse,
                          train_action_mse=report.train_mse)
         print(f"[idm] held-out action MSE {report.heldout_mse:.4f} (action variance "
               f"{report.heldout_action_var:.4f})", flush=True)
-        return {"heldout_action_mse": report.heldout_mse,
-                "heldout_action_var": report.heldout_action_var}
+        return {"idm_heldout_action_mse": report.heldout_mse,
+                "idm_heldout_action_var": report.heldout_action_var}
 
     def load_idm(self) -> InverseDynamics:
         path = self.products_dir / "idm.pt"
@@ -328,101 +278,30 @@ class Pipeline:
                                         self.cfg.world_model)
         return model.to(self.device)
 
-    def stage_world_model(self) -> dict:
-        ckpt_path = self.out / "world_model_ckpt.pt"
-        ck = None
-        if ckpt_path.exists():
-            ck = load_checkpoint(ckpt_path, "world_model", ("trainer", "batch_generator"))
-        self._release_workers({"checkpoint": ck})     # under torchrun: the other ranks join
-        return self._train_world_model(ck)
+    def _world_model_checkpoint(self) -> StageCheckpoint:
+        training = self.cfg.wm_training
+        return StageCheckpoint(self.out / CHECKPOINTS["world_model"], "world_model",
+                               training.checkpoint_every,
+                               f"rerun in another --out with a lower learning rate (--set "
+                               f"wm_training.lr=..., now {training.lr:g})")
 
-    def _train_world_model(self, ck: dict | None) -> dict:
-        """The world-model loop, on every rank under torchrun (rank 0 alone logs and writes)."""
-        cfg, world, main = self.cfg, self.world, self.world.is_main
-        model = self.new_world_model()
-        trainer_cfg = WorldModelTrainerConfig(lr=cfg.wm_lr, seed=cfg.seed + 2, ema=cfg.wm_ema,
-                                              bf16=cfg.wm_bf16)
-        if world.active:
-            if cfg.wm_batch_size % world.size:
-                raise RunError(f"[world_model] the batch of {cfg.wm_batch_size} windows does not "
-                               f"split over {world.size} processes; launch a world size that "
-                               f"divides it, or --set wm_batch_size=...")
-            # The CUDA-graph step does not capture DDP's gradient all-reduce yet: data-parallel
-            # training runs the eager step on every backend.
-            trainer = WorldModelTrainer(model, trainer_cfg, shard=world.shard)
-        else:
-            trainer_cls = FastWorldModelTrainer if cfg.backend == "fast" else WorldModelTrainer
-            trainer = trainer_cls(model, trainer_cfg)
-        batch_gen = torch.Generator(device=self.device).manual_seed(cfg.seed + 3)
-        ckpt_path = self.out / "world_model_ckpt.pt"
-        wall_before = 0.0
-        if ck is not None:
-            with reading(ckpt_path, "world_model"):
-                trainer.load_state_dict(ck["trainer"])
-                batch_gen.set_state(ck["batch_generator"])
-            wall_before = ck.get("wall_s", 0.0)
-            if main:
-                self.metrics.truncate_after("world_model", trainer.step)
-                print(f"[world_model] resumed at step {trainer.step:,}", flush=True)
-        n_params = sum(p.numel() for p in model.parameters())
-        path = getattr(trainer, "path_description", "reference (eager PyTorch)")
-        if world.active:
-            path = (f"DistributedDataParallel over {world.size} processes, "
-                    f"{cfg.wm_batch_size // world.size} windows each (eager step)")
-        if main:
-            print(f"[world_model] temporal U-Net {n_params / 1e6:.2f}M parameters, "
-                  f"{cfg.wm_steps:,} steps at batch {cfg.wm_batch_size}"
-                  f"{' in bf16 autocast' if cfg.wm_bf16 else ''}; training path: {path}",
-                  flush=True)
-        # Windows stay on the device; each step draws its batch there (inside the step's CUDA
-        # graph on the fast path).
-        batcher = WindowBatcher(self.windows["x0"], self.windows["returns"],
-                                self.windows["actions"], cfg.wm_batch_size, batch_gen,
-                                shard=world.shard)
-        prog = Progress("world_model", cfg.wm_steps, trainer.step, cfg.progress_every_s)
-        t0, losses, last_loss = time.time(), [], float("nan")
-        nan_advice = (f"(not saved); rerun in another --out with a lower learning rate (--set "
-                      f"wm_lr=..., now {cfg.wm_lr:g})")
-        with deferred_stop():     # SIGINT/SIGTERM: checkpoint at the next step boundary, stop
-            while trainer.step < cfg.wm_steps:
-                out = trainer.train_step(batcher)
-                losses.append(out["loss"])  # a float, or a device tensor (fast path: no sync)
-                step = trainer.step
-                if step % 100 == 0 or step == cfg.wm_steps:
-                    # the global batch's loss: the mean over ranks (all ranks see the same value)
-                    last_loss = float(distributed.mean_over_ranks(
-                        torch.stack([torch.as_tensor(v) for v in losses]).mean(), world))
-                    if not np.isfinite(last_loss):
-                        raise RunError(f"[world_model] the loss became {last_loss} by step "
-                                       f"{step} {nan_advice}")
-                    if main:
-                        self.metrics.log("world_model", step, loss=last_loss)
-                    losses = []
-                if main:
-                    prog.update(step, loss=last_loss)
-                stopping = distributed.any_rank(stop_requested(), world, self.device)
-                if not main:
-                    if stopping:
-                        raise Interrupted(signal.SIGTERM)
-                    continue
-                if (step % cfg.wm_checkpoint_every == 0 or step == cfg.wm_steps
-                        or stopping):
-                    state = trainer.state_dict()
-                    bad = nonfinite_tensors(state)
-                    if bad:
-                        raise RunError(f"[world_model] {bad[0]} became NaN or inf by step "
-                                       f"{step} {nan_advice}")
-                    atomic_torch_save({"trainer": state, "batch_generator": batch_gen.get_state(),
-                                       "wall_s": wall_before + time.time() - t0}, ckpt_path)
-                    if stopping and not stop_requested():    # another rank was signalled
-                        raise Interrupted(signal.SIGTERM)
-                    raise_if_stopped()
-        if not main:
-            return {}
-        atomic_torch_save({"ema_model": trainer.ema.model.state_dict()},
-                          self.out / "world_model.pt")
-        self._wall_before = {"world_model": wall_before}
-        return {"steps": trainer.step, "parameters": n_params}
+    def stage_world_model(self) -> dict:
+        ck = self._world_model_checkpoint().load(("trainer", "batch_generator"))
+        self._release_workers({"checkpoint": ck})     # under torchrun: the other ranks join
+        return self._fit_world_model(ck)
+
+    def _fit_world_model(self, resume: dict | None) -> dict:
+        """On every rank under torchrun; rank 0 alone logs and writes."""
+        cfg, checkpoint = self.cfg, self._world_model_checkpoint()
+        trainer, info = fit_world_model(
+            self.new_world_model(), self.windows, cfg.wm_training, backend=cfg.backend,
+            seed=cfg.seed, checkpoint=checkpoint, resume=resume,
+            metrics=self.metrics if self.world.is_main else None,
+            progress_every_s=cfg.progress_every_s, world=self.world)
+        if self.world.is_main:
+            atomic_torch_save({"ema_model": trainer.ema.model.state_dict()},
+                              self.out / "world_model.pt")
+        return {**info, "wall_s": checkpoint.wall_s()}
 
     def load_world_model(self) -> DiffusionWorldModel:
         path = self.products_dir / "world_model.pt"
@@ -466,7 +345,7 @@ class Pipeline:
         if bad:
             raise RunError(f"[generation] the synthetic '{bad[0]}' hold NaN or inf (not saved); "
                            f"the world model or IDM made them: rerun in another --out with a "
-                           f"lower --set wm_lr=... (now {cfg.wm_lr:g}) or another --target-return "
+                           f"lower --set wm_training.lr=... (now {cfg.wm_training.lr:g}) or another --target-return "
                            f"(now {cfg.resolved_target_return():g})")
         tmp = self.out / "synthetic.tmp.npz"
         np.savez(tmp, **syn)
@@ -486,8 +365,8 @@ class Pipeline:
         replay = self._replay_check(syn)
         return {"synthetic_transitions": n_syn, "action_consistency_mse": consistency,
                 "one_step_state_mse": step_mse, "copy_state_mse": copy_mse,
-                "clipped_fraction": clipped, "dropped_clipped_terminals": dropped,
-                "transitions_per_s": rate, **replay}
+                "synthetic_clipped_fraction": clipped, "dropped_clipped_terminals": dropped,
+                "generation_transitions_per_s": rate, **replay}
 
     def _replay_check(self, syn: dict) -> dict:
         """A diagnostic, never a filter: up to 5,000 synthetic transitions replayed in the
@@ -512,39 +391,36 @@ class Pipeline:
                 "replay_reward_rmse": s["reward_rmse"]}
 
     # -- stage: offline RL -----------------------------------------------------------------------
-    def _rl_setup(self):
+    def _agent(self):
+        cfg, ds = self.cfg, self.dataset
+        mean, std = compute_obs_stats(ds.observations)
+        agent = backends.rl_agent(cfg.backend, cfg.algo, ds.obs_dim, ds.act_dim,
+                                  getattr(cfg, cfg.algo), self.device, mean, std, seed=cfg.seed,
+                                  gamma=cfg.gamma, total_steps=cfg.rl_steps)
+        return agent, mean, std
+
+    def _sampler(self, mean: np.ndarray, std: np.ndarray) -> MixedSampler:
+        """Batches of real and synthetic transitions (observations standardized by the real
+        data's statistics; IQL's rewards scaled), `synthetic_ratio` of each batch synthetic."""
         cfg, ds = self.cfg, self.dataset
         real = Transitions.from_numpy(ds.observations, ds.actions, ds.rewards,
                                       ds.next_observations, ds.terminals.astype(np.float32))
         syn = None
         if cfg.synthetic_ratio > 0:
             z = load_arrays(self.products_dir / "synthetic.npz", "generation", SYNTHETIC_KEYS)
-            actions = self._synthetic_actions(z)
-            syn = Transitions.from_numpy(z["observations"], actions, z["rewards"],
-                                         z["next_observations"], z["terminals"])
-        mean, std = compute_obs_stats(ds.observations)
-        fast = cfg.backend == "fast"
-        if cfg.algo == "td3bc":
-            agent = (FastTD3BC if fast else TD3BC)(
-                ds.obs_dim, ds.act_dim, dataclasses.replace(cfg.td3bc, seed=cfg.seed),
-                self.device, mean, std)
-            batch_size = cfg.td3bc.batch_size
-        else:
-            agent = (FastIQL if fast else IQL)(ds.obs_dim, ds.act_dim, dataclasses.replace(
-                cfg.iql, seed=cfg.seed, max_steps=cfg.rl_steps), self.device, mean, std)
-            batch_size = cfg.iql.batch_size
+            syn = Transitions.from_numpy(z["observations"], self._synthetic_actions(z),
+                                         z["rewards"], z["next_observations"], z["terminals"])
         parts = []
         for t in (real, syn):
-            if t is None:
-                parts.append(None)
-                continue
-            t = t.normalized(mean, std)
-            if cfg.algo == "iql" and cfg.iql.normalize_reward:
-                t = t.scaled_rewards(self.iql_scale)
-            parts.append(t.to(self.device))
-        sampler = MixedSampler(parts[0], parts[1], cfg.synthetic_ratio, batch_size,
-                               torch.Generator(device=self.device).manual_seed(cfg.seed + 5))
-        return agent, sampler
+            if t is not None:
+                t = t.normalized(mean, std)
+                if cfg.algo == "iql" and cfg.iql.normalize_reward:
+                    t = t.scaled_rewards(self.iql_scale)
+                t = t.to(self.device)
+            parts.append(t)
+        batch_size = getattr(cfg, cfg.algo).batch_size
+        return MixedSampler(parts[0], parts[1], cfg.synthetic_ratio, batch_size,
+                            torch.Generator(device=self.device).manual_seed(cfg.seed + 5))
 
     def _synthetic_actions(self, syn: dict) -> np.ndarray:
         """The synthetic rows' actions: the IDM's (DAWM), or, for the action-label ablation,
@@ -553,11 +429,10 @@ class Pipeline:
         cfg = self.cfg
         if cfg.synthetic_actions == "idm":
             return syn["actions"]
-        if getattr(self, "_relabelled", None) is None:
-            idm_cfg = dataclasses.replace(cfg.idm, seed=cfg.seed + 7)
+        if self._relabelled is None:
             actions, info = action_labels.relabel(
                 cfg.synthetic_actions, syn, self.state_norm.normalize, self.dataset.observations,
-                self.dataset.actions, idm_cfg, cfg.seed + 7, self.device)
+                self.dataset.actions, cfg.idm, cfg.seed + 7, self.device)
             replay = dynamics_check.check(self.family, {**syn, "actions": actions},
                                           dynamics_check.dataset_arrays(self.dataset), n=5_000,
                                           seed=cfg.seed + 5, env_id=self.dataset.eval_env_id)
@@ -570,101 +445,50 @@ class Pipeline:
             self._relabelled = actions, info
         return self._relabelled[0]
 
+    def stage_rl(self) -> dict:
+        cfg = self.cfg
+        agent, mean, std = self._agent()
+        sampler = self._sampler(mean, std)
+        lrs = [f.name for f in dataclasses.fields(getattr(cfg, cfg.algo)) if f.name.endswith("_lr")]
+        checkpoint = StageCheckpoint(
+            self.out / CHECKPOINTS["rl"], "rl", cfg.rl_checkpoint_every,
+            "rerun in another --out with lower learning rates (" + ", ".join(
+                f"--set {cfg.algo}.{k}=..., now {getattr(getattr(cfg, cfg.algo), k):g}"
+                for k in lrs) + ")", unit="update")
+        resume = checkpoint.load(("agent", "sampler", "step"))
+        print(f"[rl] {cfg.algo} for {cfg.rl_steps:,} updates, batch {sampler.batch_size} "
+              f"({sampler.n_synthetic} synthetic + {sampler.n_real} real); update path: "
+              f"{agent.path_description}", flush=True)
+
+        def evaluate(step: int) -> dict:
+            ev = self.evaluate(agent, cfg.eval_episodes, seed=cfg.seed * 1000 + step)
+            self.metrics.log("rl", step, eval_score=ev["score_mean"],
+                             eval_return=ev["return_mean"])
+            print(f"[rl] update {step:,}: normalized score {ev['score_mean']:.1f} ± "
+                  f"{ev['score_std']:.1f} (return {ev['return_mean']:.0f})", flush=True)
+            return ev
+
+        steps = train_agent(agent, sampler, cfg.rl_steps, checkpoint=checkpoint, resume=resume,
+                            metrics=self.metrics, eval_every=cfg.eval_every, evaluate=evaluate,
+                            progress_every_s=cfg.progress_every_s)
+        state = agent.state_dict()
+        checkpoint.check_finite({"agent": state}, steps)
+        atomic_torch_save({"agent": state}, self.out / PRODUCTS["rl"])
+        relabel_info = self._relabelled[1] if self._relabelled is not None else {}
+        return {"updates": steps, **relabel_info, "wall_s": checkpoint.wall_s()}
+
     @property
     def iql_scale(self) -> float:
         return iql_reward_scale(self.dataset.rewards, self.dataset.episode_ends)
 
     def evaluate(self, agent, episodes: int, seed: int) -> dict:
-        ds = self.dataset
-        res = evaluate_policy(agent.act, ds.eval_env_id, episodes, seed)
-        scores, label = normalized_score(self.family.name, res.returns)
-        out = {"return_mean": float(res.returns.mean()), "return_std": float(res.returns.std()),
-               "score_mean": float(scores.mean()), "score_std": float(scores.std()),
-               "reference": label, "returns": res.returns.tolist()}
-        if ds.ref_min_score is not None and ds.ref_max_score is not None:
-            s2, label2 = normalized_score(self.family.name, res.returns, ds.ref_min_score,
-                                          ds.ref_max_score)
-            out.update(dataset_score_mean=float(s2.mean()), dataset_score_std=float(s2.std()),
-                       dataset_reference=label2)
-        return out
-
-    def stage_rl(self) -> dict:
-        cfg = self.cfg
-        agent, sampler = self._rl_setup()
-        ckpt_path = self.out / "rl_ckpt.pt"
-        step, wall_before = 0, 0.0
-        if ckpt_path.exists():
-            ck = load_checkpoint(ckpt_path, "rl", ("agent", "sampler", "step"))
-            with reading(ckpt_path, "rl"):
-                agent.load_state_dict(ck["agent"])
-                sampler.load_state_dict(ck["sampler"])
-                step, wall_before = int(ck["step"]), float(ck.get("wall_s", 0.0))
-                if not 0 <= step <= cfg.rl_steps:
-                    raise ValueError(f"update {step} is outside [0, {cfg.rl_steps}]")
-            self.metrics.truncate_after("rl", step)
-            print(f"[rl] resumed at update {step:,}", flush=True)
-        path = getattr(agent, "path_description", "reference (eager PyTorch)")
-        print(f"[rl] {cfg.algo} for {cfg.rl_steps:,} updates, batch {sampler.batch_size} "
-              f"({sampler.n_synthetic} synthetic + {sampler.n_real} real); update path: {path}",
-              flush=True)
-        prog = Progress("rl", cfg.rl_steps, step, cfg.progress_every_s, unit="updates")
-        t0, last_score = time.time(), float("nan")
-        acc: dict[str, list] = {}
-        lrs = [f.name for f in dataclasses.fields(getattr(cfg, cfg.algo)) if f.name.endswith("_lr")]
-
-        def check_finite(what: dict, step: int) -> None:
-            bad = nonfinite_tensors(what)
-            if bad:
-                raise RunError(f"[rl] {bad[0]} became NaN or inf by update {step} (not saved); "
-                               f"rerun in another --out with lower learning rates (" +
-                               ", ".join(f"--set {cfg.algo}.{k}=..., now "
-                                         f"{getattr(getattr(cfg, cfg.algo), k):g}" for k in lrs)
-                               + ")")
-
-        with deferred_stop():     # SIGINT/SIGTERM: checkpoint at the next update boundary, stop
-            while step < cfg.rl_steps:
-                prev = step
-                if hasattr(agent, "update_from") and cfg.rl_steps - step >= agent.updates_per_call:
-                    log, n = agent.update_from(sampler)   # fast path: a whole cadence per call
-                else:
-                    log, n = agent.update(sampler.sample()), 1
-                step += n
-                crossed = lambda every: step // every != prev // every or step == cfg.rl_steps
-                for k, v in log.items():
-                    acc.setdefault(k, []).append(v)
-                if crossed(1000):
-                    means = {k: float(torch.stack(v).mean()) for k, v in acc.items()}
-                    check_finite({f"the {k}": v for k, v in means.items()}, step)
-                    self.metrics.log("rl", step, **means)
-                    acc = {}
-                if crossed(cfg.eval_every):
-                    check_finite({"agent": agent.state_dict()}, step)
-                    ev = self.evaluate(agent, cfg.eval_episodes, seed=cfg.seed * 1000 + step)
-                    last_score = ev["score_mean"]
-                    self.metrics.log("rl", step, eval_score=ev["score_mean"],
-                                     eval_return=ev["return_mean"])
-                    print(f"[rl] update {step:,}: normalized score {ev['score_mean']:.1f} ± "
-                          f"{ev['score_std']:.1f} (return {ev['return_mean']:.0f})", flush=True)
-                prog.update(step, score=last_score)
-                if crossed(cfg.rl_checkpoint_every) or stop_requested():
-                    state = agent.state_dict()
-                    check_finite({"agent": state}, step)
-                    atomic_torch_save({"agent": state, "sampler": sampler.state_dict(),
-                                       "step": step, "wall_s": wall_before + time.time() - t0},
-                                      ckpt_path)
-                    raise_if_stopped()
-        state = agent.state_dict()
-        check_finite({"agent": state}, step)
-        atomic_torch_save({"agent": state}, self.out / "agent.pt")
-        self._wall_before = {"rl": wall_before}
-        relabel_info = getattr(self, "_relabelled", (None, {}))[1]
-        return {"updates": step, **relabel_info}
+        return score_policy(agent.act, self.dataset, self.family.name, episodes, seed)
 
     # -- stage: evaluation -----------------------------------------------------------------------
     def stage_evaluation(self) -> dict:
         cfg = self.cfg
-        agent, _ = self._rl_setup()
-        path = self.out / "agent.pt"
+        agent, _, _ = self._agent()
+        path = self.out / PRODUCTS["rl"]
         ck = load_checkpoint(path, "rl", ("agent",))
         with reading(path, "rl"):
             agent.load_state_dict(ck["agent"])
@@ -674,50 +498,40 @@ class Pipeline:
               f"(return {ev['return_mean']:.0f} ± {ev['return_std']:.0f}; {ev['reference']})",
               flush=True)
         self.metrics.log("evaluation", 0, score=ev["score_mean"], return_mean=ev["return_mean"])
-        return ev
+        return evaluation_fields(ev)
 
     # -- results ---------------------------------------------------------------------------------
     def results(self) -> dict:
-        cfg, done = self.cfg, self.state["done"]
-        ev = done["evaluation"]
+        """results.json: who the run is and what its data was, then the stages' returns
+        (RESULT_FIELDS), wall times and provenance."""
+        cfg, done = self.cfg, self.progress.finished
         res = {
             "env": cfg.env, "algo": cfg.algo, "seed": cfg.seed, "preset": cfg.preset,
             "backend": cfg.backend, "device": str(self.device),
             "dataset_source": self.dataset.source, "dataset_transitions": len(self.dataset),
-            "eval_env": self.dataset.eval_env_id,
-            "synthetic_ratio": cfg.synthetic_ratio,
-            "final_score_mean": ev["score_mean"], "final_score_std": ev["score_std"],
-            "final_return_mean": ev["return_mean"], "final_return_std": ev["return_std"],
+            "eval_env": self.dataset.eval_env_id, "synthetic_ratio": cfg.synthetic_ratio,
             "final_eval_episodes": cfg.final_eval_episodes,
-            "score_reference": ev["reference"],
-            "action_consistency_mse": done["generation"].get("action_consistency_mse"),
-            "one_step_state_mse": done["generation"].get("one_step_state_mse"),
-            "copy_state_mse": done["generation"].get("copy_state_mse"),
-            "synthetic_clipped_fraction": done["generation"].get("clipped_fraction"),
-            "replay_state_error": done["generation"].get("replay_state_error"),
-            "replay_still_error": done["generation"].get("replay_still_error"),
-            "replay_reward_rmse": done["generation"].get("replay_reward_rmse"),
-            "idm_heldout_action_mse": done["idm"].get("heldout_action_mse"),
-            "synthetic_transitions": done["generation"].get("synthetic_transitions", 0),
-            "generation_transitions_per_s": done["generation"].get("transitions_per_s"),
+            "synthetic_actions": cfg.synthetic_actions,
+        }
+        for stage, names in RESULT_FIELDS.items():
+            info = done.get(stage, {})
+            res.update({k: info.get(k) for k in names})
+            res.update({k: info[k] for k in OPTIONAL_RESULT_FIELDS.get(stage, ()) if k in info})
+        res["synthetic_transitions"] = res["synthetic_transitions"] or 0    # plain: none
+        res.update({
             "wall_time_s": {s: done[s]["wall_s"] for s in STAGES if s in done},
+            "shared_wall_time_s": {s: done[s]["shared_wall_s"] for s in WORLD_MODEL_STAGES
+                                   if "shared_wall_s" in done.get(s, {})},
             # what a report needs to tell runs of one setting from runs of another
             "world_model_fingerprint": (world_model_fingerprint(cfg) if cfg.synthetic_ratio > 0
                                         else None),
             "world_model_dir": cfg.world_model_dir,
-            "shared_wall_time_s": {s: done[s]["shared_wall_s"] for s in WORLD_MODEL_STAGES
-                                   if "shared_wall_s" in done.get(s, {})},
-            "synthetic_actions": cfg.synthetic_actions,
-            "label_action_mse": done["rl"].get("label_action_mse"),
-            "label_replay_state_error": done["rl"].get("label_replay_state_error"),
             "code": code_version(),
             "config": cfg.to_dict(),
-        }
-        for k in ("dataset_score_mean", "dataset_score_std", "dataset_reference"):
-            if k in ev:
-                res[k] = ev[k]
+        })
         write_json(self.out / "results.json", res)
         from dawm_fast.plots import write_plots
         write_plots(self.out, self.metrics.read(), self.dataset, self.cfg.synthetic_ratio,
                     self.products_dir / "synthetic.npz")
         return res
+

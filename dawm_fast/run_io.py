@@ -164,6 +164,47 @@ class MetricsLog:
         os.replace(tmp, self.path)
 
 
+class StageCheckpoint:
+    """The resume file of one long stage (world model, RL), shared by both loops: it restores
+    the loop's state, writes it atomically (the loop writes it every `every` steps, at the last
+    step and at a stop signal), refuses non-finite state, and carries the stage's wall time
+    across interruptions."""
+
+    def __init__(self, path: Path, stage: str, every: int, nan_advice: str, unit: str = "step"):
+        self.path, self.stage, self.every = path, stage, every
+        self.unit = unit
+        self.nan_advice = nan_advice        # what to do when the state went NaN (not saved)
+        self.wall_before = 0.0              # wall time spent in earlier attempts
+        self.t0 = time.time()
+
+    def load(self, keys: tuple[str, ...]) -> dict | None:
+        """The saved state (with `keys` checked), or None when the stage starts afresh."""
+        if not self.path.exists():
+            return None
+        return load_checkpoint(self.path, self.stage, keys)
+
+    def restore(self, ck: dict, restore_fn) -> None:
+        """Apply `restore_fn(ck)`; a failure names the file (see `reading`)."""
+        with reading(self.path, self.stage):
+            restore_fn(ck)
+        self.wall_before = float(ck.get("wall_s", 0.0))
+        self.t0 = time.time()
+
+    def check_finite(self, state, step: int, what: str = "") -> None:
+        bad = nonfinite_tensors(state, what)
+        if bad:
+            raise RunError(f"[{self.stage}] {bad[0]} became NaN or inf by {self.unit} {step} "
+                           f"(not saved); {self.nan_advice}")
+
+    def save(self, state: dict, step: int) -> None:
+        self.check_finite(state, step)
+        atomic_torch_save({**state, "wall_s": self.wall_s()}, self.path)
+
+    def wall_s(self) -> float:
+        """The stage's wall time so far, earlier attempts included."""
+        return self.wall_before + time.time() - self.t0
+
+
 class Progress:
     """Prints `[stage] step i/N (p%)  rate/s  ETA  extra` at most every `every_s` seconds."""
 
@@ -186,10 +227,10 @@ class Progress:
                            for k, v in extra.items()
                            if not (isinstance(v, float) and v != v))
         print(f"[{self.stage}] {step:,}/{self.total:,} ({100 * step / max(self.total, 1):.0f}%)  "
-              f"{rate:,.1f} {self.unit}/s  ETA {_fmt_s(eta)}  {fields}", flush=True)
+              f"{rate:,.1f} {self.unit}/s  ETA {format_duration(eta)}  {fields}", flush=True)
 
 
-def _fmt_s(s: float) -> str:
+def format_duration(s: float) -> str:
     if s == float("inf"):
         return "?"
     s = int(s)

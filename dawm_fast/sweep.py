@@ -15,7 +15,7 @@ from pathlib import Path
 
 from dawm_fast.experiments.grid import (ARMS, GridError, Job, SweepSettings, check_settings,
                                         expand_tasks, plan)
-from dawm_fast.run_io import _fmt_s, die
+from dawm_fast.run_io import format_duration, die
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -29,7 +29,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seeds", default="0,1,2", help="comma-separated integers, or a range 0-4")
     p.add_argument("--preset", default=None,
                    help="smoke | cpu | paper (default: paper with a GPU, cpu without)")
-    p.add_argument("--backend", default="reference", help="reference | fast, for every run")
+    p.add_argument("--backend", default=None,
+                   help="auto | reference | fast, for every run (default: the sweep directory's "
+                        "own; for a new one auto: fast where the C++ extension runs)")
     p.add_argument("--device", default=None, help="torch device for every run")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a config override passed to every run (e.g. synthetic_ratio=0.25)")
@@ -117,7 +119,25 @@ def print_plan(jobs: list[Job], sweep_dir: Path, preset: str, workers: int) -> N
               f"rest" if measured else "per-preset estimates")
     print(f"[sweep] plan: {len(jobs)} jobs ({n_wm} world models, {len(jobs) - n_wm} RL runs), "
           f"{len(jobs) - len(todo)} finished; to run: {len(todo)} jobs, ~{total:.0f} "
-          f"worker-minutes, ~{_fmt_s(wall * 60)} on {workers} worker(s) ({source})", flush=True)
+          f"worker-minutes, ~{format_duration(wall * 60)} on {workers} worker(s) ({source})", flush=True)
+
+
+def sweep_backend(args) -> str:
+    """The runs' backend, resolved once for the whole sweep: --backend, else the one the sweep
+    directory was made with, else auto."""
+    requested = args.backend
+    if requested is None:
+        try:
+            requested = json.loads((args.out / "sweep.json").read_text())["settings"]["backend"]
+        except (OSError, ValueError, KeyError, TypeError):
+            requested = "auto"
+    import torch
+    from dawm_fast.backends import BackendUnavailable, resolve_backend
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return resolve_backend(requested, device)[0]
+    except BackendUnavailable as e:
+        raise GridError(f"{e}; use --backend reference") from None
 
 
 def main(argv=None) -> int:
@@ -130,7 +150,7 @@ def main(argv=None) -> int:
         import torch
         preset = args.preset or ("paper" if (args.device or "").startswith("cuda") or (
             args.device is None and torch.cuda.is_available()) else "cpu")
-        settings = SweepSettings(preset=preset, backend=args.backend, device=args.device,
+        settings = SweepSettings(preset=preset, backend=sweep_backend(args), device=args.device,
                                  overrides=tuple(args.set))
         jobs = plan(tasks, algos, arms, seeds, settings, world_model_fingerprint_of)
         out = args.out

@@ -18,11 +18,14 @@ from pathlib import Path
 import torch
 
 from dawm_fast import distributed
-from dawm_fast.config import (ALGOS, BACKENDS, PRESETS, STATE_NORMALIZERS, apply_overrides,
-                              config_from_dict, config_problems, preset_config,
-                              with_state_normalizer)
+from dawm_fast.backends import BackendUnavailable, resolve_backend
+from dawm_fast.config import (ALGOS, BACKENDS, PRESETS, STATE_NORMALIZERS, ConfigMigrationError,
+                              apply_overrides, config_differences, config_problems,
+                              preset_config, with_state_normalizer)
 from dawm_fast.data import SOURCES, TASK_NAMES, DatasetError, UnknownTaskError
+from dawm_fast.ops import ExtensionUnavailable
 from dawm_fast.run_io import RunError, die, stop_signals
+from dawm_fast.step_graphs import GraphCaptureError
 from dawm_fast.run_lock import BUSY_EXIT_CODE, LOCK_NAME, RunDirBusy, run_dir_lock
 from dawm_fast.rl.buffer import MixedSampler
 from dawm_fast.world_model.scheduler import PREDICTION_TYPES
@@ -40,7 +43,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None,
                    help="run directory (default runs/<env>_<algo>_<preset>_ratio<r>_seed<seed>)")
-    p.add_argument("--backend", default="reference", help=f"one of {', '.join(BACKENDS)}")
+    p.add_argument("--backend", default=None,
+                   help=f"one of {', '.join(BACKENDS)} (default auto: fast where the C++ "
+                        f"extension runs, else reference; resuming keeps the run's own)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if present)")
     p.add_argument("--data-source", default="auto", help=f"one of {', '.join(SOURCES)}")
     p.add_argument("--data-path", default=None, help="D4RL .hdf5 file (with --data-source d4rl)")
@@ -85,7 +90,7 @@ def build_config(args: argparse.Namespace):
         die(f"unknown --env {args.env!r}; valid: {', '.join(TASK_NAMES)}")
     if args.algo not in ALGOS:
         die(f"unknown --algo {args.algo!r}; valid: {', '.join(ALGOS)}")
-    if args.backend not in BACKENDS:
+    if args.backend is not None and args.backend not in BACKENDS:
         die(f"unknown --backend {args.backend!r}; valid: {', '.join(BACKENDS)}")
     if args.data_source not in SOURCES:
         die(f"unknown --data-source {args.data_source!r}; valid: {', '.join(SOURCES)}")
@@ -97,14 +102,16 @@ def build_config(args: argparse.Namespace):
     preset = args.preset or ("paper" if device.startswith("cuda") else "cpu")
     if preset not in PRESETS:
         die(f"unknown --preset {preset!r}; valid: {', '.join(PRESETS)}")
-    overrides = {"seed": args.seed, "backend": args.backend, "device": device,
+    overrides = {"seed": args.seed, "backend": args.backend or "auto", "device": device,
                  "data_source": args.data_source, "data_path": args.data_path}
-    for name in ("synthetic_ratio", "rl_steps", "wm_steps", "target_return"):
+    for name in ("synthetic_ratio", "rl_steps", "target_return"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     if not 0.0 <= overrides.get("synthetic_ratio", 0.0) <= 1.0:
         die(f"--synthetic-ratio must be in [0, 1], got {args.synthetic_ratio}")
     cfg = preset_config(preset, args.env, args.algo, **overrides)
+    if args.wm_steps is not None:
+        cfg.wm_training = dataclasses.replace(cfg.wm_training, steps=args.wm_steps)
     if args.prediction_type is not None:
         wm = cfg.world_model
         cfg.world_model = dataclasses.replace(wm, schedule=dataclasses.replace(
@@ -119,7 +126,7 @@ def build_config(args: argparse.Namespace):
     if args.generated_first_reward:
         cfg.sampling = dataclasses.replace(cfg.sampling, real_first_reward=False)
     if args.bf16:
-        cfg.wm_bf16 = True
+        cfg.wm_training = dataclasses.replace(cfg.wm_training, bf16=True)
         cfg.sampling = dataclasses.replace(cfg.sampling, bf16=True)
     try:
         cfg = apply_overrides(cfg, args.set)
@@ -131,7 +138,7 @@ def build_config(args: argparse.Namespace):
 
 
 # config fields the user sets with a flag of their own (any other one: --set FIELD=VALUE)
-_FLAGS = {"seed": "--seed", "rl_steps": "--rl-steps", "wm_steps": "--wm-steps",
+_FLAGS = {"seed": "--seed", "rl_steps": "--rl-steps", "wm_training.steps": "--wm-steps",
           "target_return": "--target-return", "synthetic_ratio": "--synthetic-ratio"}
 
 
@@ -157,10 +164,11 @@ def prepare_out_dir(out: Path) -> None:
         die(f"--out {out} is not writable by this user; choose a writable place")
 
 
-def check_out_dir(out: Path, cfg) -> None:
-    """An --out dir holds one run: resuming needs the same settings, other files are not ours."""
+def check_out_dir(out: Path, cfg, backend_given: bool):
+    """An --out dir holds one run: resuming needs the same settings, other files are not ours.
+    Returns `cfg`, with the run's own backend when --backend was not given."""
     if not any(p.name != LOCK_NAME for p in out.iterdir()):
-        return
+        return cfg
     saved = out / "config.json"
     if not saved.exists():
         if (out / "progress.json").exists():
@@ -169,17 +177,24 @@ def check_out_dir(out: Path, cfg) -> None:
         die(f"--out {out} is not empty and holds no dawm_fast run; choose an empty or new "
             f"directory")
     try:
-        old = config_from_dict(json.loads(saved.read_text()))
+        old = json.loads(saved.read_text())
+        if not isinstance(old, dict):
+            raise ValueError("not a JSON object")
+        diff = config_differences(old, cfg.to_dict(), ignore=("device",))
+    except ConfigMigrationError as e:
+        die(f"{saved}: {e}")
     except Exception as e:
         die(f"{saved} is corrupt ({type(e).__name__}: {str(e)[:100]}); choose another --out or "
             f"delete {out}")
-    old_d, new_d = old.to_dict(), cfg.to_dict()
-    old_d.pop("device", None), new_d.pop("device", None)
-    diff = [k for k in new_d if old_d.get(k) != new_d[k]]
+    if not backend_given and any(d.startswith("backend:") for d in diff):
+        # resuming with the default keeps the backend the run started with
+        cfg = dataclasses.replace(cfg, backend=old.get("backend", "reference"))
+        diff = [d for d in diff if not d.startswith("backend:")]
     if diff:
-        shown = ", ".join(f"{k}: {old_d.get(k)!r} there vs {new_d[k]!r} now" for k in diff[:4])
+        shown = ", ".join(d.replace(" vs ", " there vs ", 1) + " now" for d in diff[:4])
         die(f"--out {out} holds another run ({shown}); rerun with its settings to resume it, "
             f"or choose another --out")
+    return cfg
 
 
 def main(argv=None) -> int:
@@ -187,15 +202,17 @@ def main(argv=None) -> int:
     cfg = build_config(args)
     check_values(args, cfg)
     from dawm_fast.pipeline import STAGES
-    from dawm_fast.sampling import available_backends
 
     if args.until is not None and args.until not in STAGES:
         die(f"unknown --until {args.until!r}; valid: {', '.join(STAGES)}")
-    if cfg.backend not in available_backends():
-        die(f"--backend {cfg.backend} is not available in this installation (available: "
-            f"{', '.join(available_backends())}); use --backend reference")
     if args.threads:
         torch.set_num_threads(args.threads)
+    try:
+        backend, why = resolve_backend(cfg.backend, cfg.device)
+    except BackendUnavailable as e:
+        die(f"{e}; use --backend reference (plain eager PyTorch) or --backend auto")
+    cfg = dataclasses.replace(cfg, backend=backend)
+    args.backend_why = why
     out = args.out or Path("runs") / (f"{cfg.env}_{cfg.algo}_{cfg.preset}_ratio"
                                       f"{cfg.synthetic_ratio:g}_seed{cfg.seed}")
     world = distributed.world_from_env()      # torchrun: data-parallel world-model training
@@ -233,20 +250,26 @@ def _run_worker(cfg, out: Path, world) -> int:
 def _run(args: argparse.Namespace, cfg, out: Path) -> int:
     from dawm_fast.pipeline import Pipeline
 
-    check_out_dir(out, cfg)
+    resolved = cfg.backend
+    cfg = check_out_dir(out, cfg, backend_given=args.backend is not None)
+    why = (args.backend_why if cfg.backend == resolved else
+           f"the run in {out} started with it")
     world = distributed.world_from_env()
     ranks = f" | {world.size} processes (torchrun)" if world.active else ""
     print(f"dawm_fast | env {cfg.env} | algo {cfg.algo} | preset {cfg.preset} | seed {cfg.seed} | "
-          f"backend {cfg.backend} | device {cfg.device} ({torch.get_num_threads()} CPU threads) | "
-          f"data source {cfg.data_source} | synthetic ratio {cfg.synthetic_ratio} | out {out}"
-          f"{ranks}", flush=True)
-    if cfg.wm_bf16 and not cfg.device.startswith("cuda"):
+          f"backend {cfg.backend} ({why}) | device {cfg.device} ({torch.get_num_threads()} CPU "
+          f"threads) | data source {cfg.data_source} | synthetic ratio {cfg.synthetic_ratio} | "
+          f"out {out}{ranks}", flush=True)
+    if cfg.wm_training.bf16 and not cfg.device.startswith("cuda"):
         print("note: --bf16 on a CPU runs, but slower than fp32 on CPUs without bf16 matrix units; "
               "it is meant for GPUs", flush=True)
     try:
         res = Pipeline(cfg, out, world).run(until=args.until)
     except (RunError, DatasetError, UnknownTaskError) as e:
         die(str(e))
+    except (GraphCaptureError, ExtensionUnavailable) as e:
+        # a run's backend is part of its identity: the reference path starts a run of its own
+        die(f"{e}; rerun with --backend reference (plain eager PyTorch) and a new --out")
     except KeyboardInterrupt as e:     # SIGINT or SIGTERM (Interrupted), alike
         signum = getattr(e, "signum", signal.SIGINT)
         print(f"\ninterrupted ({signal.Signals(signum).name}): nothing finished is lost; rerun the "

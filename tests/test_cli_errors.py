@@ -41,7 +41,7 @@ def cases(tmp):
         (["--threads", "0"], None, 2, "--threads must be at least 1, got 0"),
         (["--rl-steps", "-5"], None, 2, "--rl-steps must be at least 1, got -5"),
         (["--target-return", "nan"], None, 2, "--target-return must be a finite number"),
-        (["--set", "wm_lr=1e999"], None, 2, "--set wm_lr=... must be a finite number"),
+        (["--set", "wm_training.lr=1e999"], None, 2, "--set wm_training.lr=... must be a finite number"),
         (d4rl("short_actions", n_actions=150), None, 2, "'actions' has 150 rows"),
         (d4rl("short_timeouts", n_timeouts=199), None, 2, "'timeouts' has 199 rows"),
         (d4rl("nan_obs", nan_obs=True), None, 2, "'observations' contains NaN"),

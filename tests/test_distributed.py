@@ -25,8 +25,8 @@ def trainer_and_batcher(shard=None):
     torch.manual_seed(0)
     model = DiffusionWorldModel(OBS, ACT, WorldModelConfig(horizon=T, unet=TemporalUNetConfig(
         dim=8, dim_mults=(1, 2))))
-    trainer = WorldModelTrainer(model, WorldModelTrainerConfig(lr=1e-3, seed=2, ema=EMAConfig(
-        start_step=1, update_every=1)), shard=shard)
+    trainer = WorldModelTrainer(model, WorldModelTrainerConfig(lr=1e-3, ema=EMAConfig(
+        start_step=1, update_every=1)), shard=shard, seed=2)
     batcher = WindowBatcher(*windows(), BATCH, torch.Generator().manual_seed(3), shard=shard)
     return trainer, batcher
 
@@ -124,7 +124,7 @@ def test_uneven_split_is_refused():
 
 
 TINY_RUN = [f"--set={kv}" for kv in (
-    "rl_steps=20", "eval_every=20", "wm_steps=30", "wm_checkpoint_every=10", "idm.n_steps=20",
+    "rl_steps=20", "eval_every=20", "wm_training.steps=30", "wm_training.checkpoint_every=10", "idm.n_steps=20",
     "n_synthetic_starts=64", "eval_episodes=1", "final_eval_episodes=1")]
 
 

@@ -173,8 +173,8 @@ def _run_agents(ref, fast, data, seed: int, n: int):
 def test_td3bc_fast_updates_match_reference(seed, device, bc_rows):
     """100 updates: critic/actor/targets and the noise generator match the reference (with the
     BC term on every row, and on the 32 real rows of each batch of 64)."""
-    cfg = TD3BCConfig(seed=seed % 1000, hidden=64, bc_rows=bc_rows)
-    ref, fast = TD3BC(OBS, ACT, cfg, device), FastTD3BC(OBS, ACT, cfg, device)
+    cfg, kw = TD3BCConfig(hidden=64, bc_rows=bc_rows), {"seed": seed % 1000}
+    ref, fast = TD3BC(OBS, ACT, cfg, device, **kw), FastTD3BC(OBS, ACT, cfg, device, **kw)
     ref_logs, fast_logs = _run_agents(ref, fast, _rl_data(seed, device), seed, 100)
     torch.testing.assert_close(fast_logs[-1]["critic_loss"], ref_logs[-1]["critic_loss"],
                                rtol=1e-3, atol=1e-5)
@@ -187,9 +187,9 @@ def test_td3bc_fast_updates_match_reference(seed, device, bc_rows):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_iql_fast_updates_match_reference(seed, device):
-    """100 updates incl. the actor's cosine LR schedule (max_steps 100: it decays to 0)."""
-    cfg = IQLConfig(seed=seed % 1000, hidden=64, max_steps=100)
-    ref, fast = IQL(OBS, ACT, cfg, device), FastIQL(OBS, ACT, cfg, device)
+    """100 updates incl. the actor's cosine LR schedule (total_steps 100: it decays to 0)."""
+    cfg, kw = IQLConfig(hidden=64), {"seed": seed % 1000, "total_steps": 100}
+    ref, fast = IQL(OBS, ACT, cfg, device, **kw), FastIQL(OBS, ACT, cfg, device, **kw)
     ref_logs, fast_logs = _run_agents(ref, fast, _rl_data(seed, device), seed, 100)
     for key in ("v_loss", "q_loss", "actor_loss"):
         torch.testing.assert_close(fast_logs[-1][key], ref_logs[-1][key], rtol=1e-3, atol=1e-5)
@@ -203,12 +203,13 @@ def test_iql_fast_updates_match_reference(seed, device):
 @pytest.mark.parametrize("algo", ["td3bc", "iql"])
 def test_rl_checkpoints_cross_backends(seed, device, algo):
     """Fast checkpoints load into reference agents and the reverse; the runs go on alike."""
-    ref_cls, fast_cls, cfg = ((TD3BC, FastTD3BC, TD3BCConfig(seed=3, hidden=32)) if algo == "td3bc"
-                              else (IQL, FastIQL, IQLConfig(seed=3, hidden=32, max_steps=40)))
+    ref_cls, fast_cls, cfg, kw = (
+        (TD3BC, FastTD3BC, TD3BCConfig(hidden=32), {"seed": 3}) if algo == "td3bc"
+        else (IQL, FastIQL, IQLConfig(hidden=32), {"seed": 3, "total_steps": 40}))
     data = _rl_data(seed, device)
-    ref, fast = ref_cls(OBS, ACT, cfg, device), fast_cls(OBS, ACT, cfg, device)
+    ref, fast = ref_cls(OBS, ACT, cfg, device, **kw), fast_cls(OBS, ACT, cfg, device, **kw)
     _run_agents(ref, fast, data, seed, 10)
-    ref2, fast2 = ref_cls(OBS, ACT, cfg, device), fast_cls(OBS, ACT, cfg, device)
+    ref2, fast2 = ref_cls(OBS, ACT, cfg, device, **kw), fast_cls(OBS, ACT, cfg, device, **kw)
     ref2.load_state_dict(copy.deepcopy(fast.state_dict()))
     fast2.load_state_dict(copy.deepcopy(ref.state_dict()))
     _run_agents(ref2, fast2, data, seed + 1, 10)

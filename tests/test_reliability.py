@@ -207,8 +207,8 @@ def test_nan_in_idm_stops_the_stage(finished, tmp_path, capsys, monkeypatch):
 
 def test_absurd_world_model_lr_stops_the_stage(finished, tmp_path, capsys, monkeypatch):
     out, err = nan_case(finished, tmp_path, capsys, monkeypatch,
-                        ["world_model.pt", "world_model_ckpt.pt"], extra=["--set", "wm_lr=1e12"])
-    assert "[world_model]" in err and "by step" in err and "--set wm_lr=" in err
+                        ["world_model.pt", "world_model_ckpt.pt"], extra=["--set", "wm_training.lr=1e12"])
+    assert "[world_model]" in err and "by step" in err and "--set wm_training.lr=" in err
     assert not (out / "world_model.pt").exists()
     ck = out / "world_model_ckpt.pt"
     assert not ck.exists() or not pipeline_mod.nonfinite_tensors(

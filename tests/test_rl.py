@@ -224,12 +224,12 @@ def train_on_bandit(agent, seed: int, steps: int = 300) -> tuple[float, list[dic
 def fast(cfg_cls, **kw):
     """Small nets and large learning rates so a few hundred CPU updates suffice."""
     lrs = {"actor_lr": 3e-3, "critic_lr": 3e-3} if cfg_cls is TD3BCConfig else \
-        {"actor_lr": 3e-3, "q_lr": 3e-3, "v_lr": 3e-3, "max_steps": 300}
+        {"actor_lr": 3e-3, "q_lr": 3e-3, "v_lr": 3e-3}
     return cfg_cls(hidden=32, **{**lrs, **kw})
 
 
 def test_td3bc_moves_toward_better_action_and_bc_limit(seed):
-    toward, logs = train_on_bandit(TD3BC(3, 1, fast(TD3BCConfig, seed=seed)), seed)
+    toward, logs = train_on_bandit(TD3BC(3, 1, fast(TD3BCConfig), seed=seed), seed)
     assert toward > 0.2, f"TD3+BC policy did not move toward the rewarded action ({toward:.3f})"
     for log in logs:
         assert all(math.isfinite(float(v)) for v in log.values())
@@ -237,24 +237,25 @@ def test_td3bc_moves_toward_better_action_and_bc_limit(seed):
     critic = [float(log["critic_loss"]) for log in logs]      # one-step targets are learnable
     assert np.mean(critic[-20:]) < 0.2 * np.mean(critic[:5]), (critic[:5], critic[-20:])
     # alpha = 0: pure behaviour cloning of uniform actions -> a ~ 0 everywhere.
-    toward_bc, _ = train_on_bandit(TD3BC(3, 1, fast(TD3BCConfig, alpha=0.0, seed=seed)), seed)
+    toward_bc, _ = train_on_bandit(TD3BC(3, 1, fast(TD3BCConfig, alpha=0.0), seed=seed), seed)
     assert abs(toward_bc) < 0.1, f"alpha=0 should clone the behaviour mean 0 ({toward_bc:.3f})"
 
 
 def test_iql_moves_toward_better_action_and_bc_limit(seed):
-    toward, logs = train_on_bandit(IQL(3, 1, fast(IQLConfig, seed=seed)), seed)
+    toward, logs = train_on_bandit(IQL(3, 1, fast(IQLConfig), seed=seed, total_steps=300), seed)
     assert toward > 0.15, f"IQL policy did not move toward the rewarded action ({toward:.3f})"
     for log in logs:
         assert all(math.isfinite(float(v)) for v in log.values())
     # beta = 0: all AWR weights are 1 -> plain (Gaussian) behaviour cloning.
-    toward_bc, logs_bc = train_on_bandit(IQL(3, 1, fast(IQLConfig, beta=0.0, seed=seed)), seed)
+    toward_bc, logs_bc = train_on_bandit(IQL(3, 1, fast(IQLConfig, beta=0.0), seed=seed,
+                                              total_steps=300), seed)
     assert abs(toward_bc) < 0.1, f"beta=0 should clone the behaviour mean 0 ({toward_bc:.3f})"
     assert all(float(log["adv_weight_mean"]) == 1.0 for log in logs_bc)
 
 
 def test_iql_deterministic_actor_learns(seed):
-    toward, _ = train_on_bandit(IQL(3, 1, fast(IQLConfig, deterministic_actor=True, seed=seed)),
-                                seed)
+    toward, _ = train_on_bandit(IQL(3, 1, fast(IQLConfig, deterministic_actor=True), seed=seed,
+                                    total_steps=300), seed)
     assert toward > 0.15, f"deterministic IQL did not improve on BC ({toward:.3f})"
 
 
@@ -293,7 +294,7 @@ def test_td3bc_update_losses_match_hand_computation(seed):
     g = torch.Generator().manual_seed(seed)
     batch = random_transitions(16, 3, 2, g)
     # policy_freq 1 and a frozen critic (lr 0): the step-1 actor loss uses the initial nets.
-    agent = TD3BC(3, 2, TD3BCConfig(hidden=16, policy_freq=1, critic_lr=0.0, seed=seed))
+    agent = TD3BC(3, 2, TD3BCConfig(hidden=16, policy_freq=1, critic_lr=0.0), seed=seed)
     before = copy.deepcopy(agent)
     noise_gen = torch.Generator().manual_seed(0)
     noise_gen.set_state(agent.noise_generator.get_state())
@@ -331,7 +332,7 @@ def test_awr_weights_clipped():
 def test_iql_update_losses_match_hand_computation(seed):
     g = torch.Generator().manual_seed(seed)
     batch = random_transitions(16, 3, 2, g)
-    agent = IQL(3, 2, IQLConfig(hidden=16, seed=seed))
+    agent = IQL(3, 2, IQLConfig(hidden=16), seed=seed)
     before = copy.deepcopy(agent)
     log = agent.update(batch)
     with torch.no_grad():
@@ -351,7 +352,7 @@ def test_iql_update_losses_match_hand_computation(seed):
 
 def test_iql_update_clips_weights_at_100(seed):
     g = torch.Generator().manual_seed(seed)
-    agent = IQL(3, 2, IQLConfig(hidden=16, seed=seed))
+    agent = IQL(3, 2, IQLConfig(hidden=16), seed=seed)
     with torch.no_grad():   # target Q ~ 1000 >> V: every advantage is huge
         agent.q_target.q1[-1].bias.fill_(1000.0)
         agent.q_target.q2[-1].bias.fill_(1000.0)
@@ -365,13 +366,13 @@ def test_iql_config_for():
             iql_config_for("hopper-medium-expert").expectile) == (6.0, 0.5)
     assert (iql_config_for("walker2d-medium").beta,
             iql_config_for("walker2d-medium").expectile) == (3.0, 0.7)
-    assert iql_config_for("hopper-medium-expert", max_steps=10).max_steps == 10
+    assert iql_config_for("hopper-medium-expert", hidden=10).hidden == 10
     with pytest.raises(ValueError, match="unknown dataset"):
         iql_config_for("ant-medium")
 
 
 def test_iql_actor_lr_cosine_decay():
-    agent = IQL(2, 1, IQLConfig(hidden=8, max_steps=10))
+    agent = IQL(2, 1, IQLConfig(hidden=8), total_steps=10)
     batch = random_transitions(8, 2, 1, torch.Generator().manual_seed(0))
     lrs = []
     for _ in range(10):
@@ -385,9 +386,9 @@ def test_iql_actor_lr_cosine_decay():
 
 
 @pytest.mark.parametrize("make", [
-    lambda s: TD3BC(4, 2, TD3BCConfig(hidden=16, seed=s)),
-    lambda s: IQL(4, 2, IQLConfig(hidden=16, max_steps=30, seed=s)),
-    lambda s: IQL(4, 2, IQLConfig(hidden=16, max_steps=30, deterministic_actor=True, seed=s)),
+    lambda s: TD3BC(4, 2, TD3BCConfig(hidden=16), seed=s),
+    lambda s: IQL(4, 2, IQLConfig(hidden=16), seed=s, total_steps=30),
+    lambda s: IQL(4, 2, IQLConfig(hidden=16, deterministic_actor=True), seed=s, total_steps=30),
 ], ids=["td3bc", "iql", "iql_det"])
 def test_state_dict_resume_is_bit_exact(seed, make):
     g = torch.Generator().manual_seed(seed)
@@ -442,13 +443,13 @@ def test_act_uses_stored_obs_normalization(seed):
 
 def test_init_depends_on_seed_only():
     torch.manual_seed(0)
-    a = TD3BC(3, 1, TD3BCConfig(hidden=8, seed=5))
+    a = TD3BC(3, 1, TD3BCConfig(hidden=8), seed=5)
     x = torch.rand(1)                             # global RNG untouched by building an agent
     torch.manual_seed(123)
-    b = TD3BC(3, 1, TD3BCConfig(hidden=8, seed=5))
+    b = TD3BC(3, 1, TD3BCConfig(hidden=8), seed=5)
     torch.manual_seed(0)
     assert torch.equal(torch.rand(1), x)
     assert_state_equal(a.actor.state_dict(), b.actor.state_dict())
-    c = TD3BC(3, 1, TD3BCConfig(hidden=8, seed=6))
+    c = TD3BC(3, 1, TD3BCConfig(hidden=8), seed=6)
     assert not torch.equal(a.actor.net[0].weight, c.actor.net[0].weight)
     assert F.mse_loss(a.critic.q1[0].weight, a.critic.q2[0].weight) > 0   # independent heads

@@ -285,8 +285,8 @@ def test_idm_learns_linear_map():
     A = rng.normal(size=(o, o)).astype(np.float32) * 0.3
     B = rng.normal(size=(a, o)).astype(np.float32)
     nxt = obs @ A + acts @ B                               # a = linear function of (s, s')
-    cfg = InverseDynamicsConfig(hidden=64, n_steps=600, lr=3e-3, batch_size=128, seed=0)
-    model, rep = train_inverse_dynamics(obs, nxt, acts, cfg)
+    cfg = InverseDynamicsConfig(hidden=64, n_steps=600, lr=3e-3, batch_size=128)
+    model, rep = train_inverse_dynamics(obs, nxt, acts, cfg, seed=0)
     assert rep.n_heldout == 100 and rep.n_train == 1900
     assert rep.heldout_mse < 0.05 * rep.heldout_action_var, rep
     with torch.no_grad():

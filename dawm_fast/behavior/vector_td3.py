@@ -110,7 +110,7 @@ class VectorTD3:
         self.rng = np.random.default_rng(cfg.seed)
         self.agent = FastTD3BC(self.obs_dim, self.act_dim, TD3BCConfig(
             actor_lr=cfg.lr, critic_lr=cfg.lr, hidden=cfg.hidden, batch_size=cfg.batch_size,
-            alpha=None, seed=cfg.seed), self.device)
+            alpha=None), self.device, seed=cfg.seed)
         self.replay = DeviceReplay(cfg.total_steps + cfg.n_envs, self.obs_dim, self.act_dim,
                                    cfg.batch_size, self.device,
                                    torch.Generator(device=self.device).manual_seed(cfg.seed + 1))

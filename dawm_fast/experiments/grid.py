@@ -18,6 +18,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dawm_fast.config import dict_differences
 from dawm_fast.data.tasks import TASK_NAMES
 
 # dawm: synthetic data with IDM actions; plain: synthetic ratio 0; dawm-bc / dawm-random: the
@@ -162,8 +163,8 @@ def check_settings(sweep_dir: Path, settings: SweepSettings, force: bool) -> Non
                             f"anew, or choose another --out") from None
         now = dataclasses.asdict(settings)
         now["overrides"] = list(now["overrides"])
-        diff = [f"{k}: {saved.get(k)!r} there vs {now[k]!r} now" for k in now
-                if saved.get(k) != now[k]]
+        diff = [d.replace(" vs ", " there vs ", 1) + " now"
+                for d in dict_differences(saved, now)]
         if diff and not force:
             raise GridError(f"sweep directory {sweep_dir} was made with other settings "
                             f"({'; '.join(diff)}); use another --out, or --force to add runs of "

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from dawm_fast.experiments.grid import Job, JobOutcome, SweepSummary, error_line
 from dawm_fast.experiments.runner import BUSY_EXIT, start_job
-from dawm_fast.run_io import _fmt_s
+from dawm_fast.run_io import format_duration
 
 BUSY_RETRY_S = 10.0   # a job whose directory another process owns is retried after this
 
@@ -55,7 +55,7 @@ def run_local(jobs: list[Job], sweep_dir: Path, workers: int, threads: int,
                           f"retrying in {BUSY_RETRY_S:.0f} s", flush=True)
                 elif rc == 0:
                     outcomes[name] = JobOutcome(job, "done", time.time() - t0)
-                    print(f"[sweep] done {name} ({_fmt_s(time.time() - t0)})", flush=True)
+                    print(f"[sweep] done {name} ({format_duration(time.time() - t0)})", flush=True)
                 else:
                     err = error_line(sweep_dir / job.log_name)
                     outcomes[name] = JobOutcome(job, "failed", time.time() - t0, err)
@@ -117,8 +117,8 @@ def _print_progress(outcomes: dict, running: dict, n_total: int, n_skipped: int,
     elapsed = time.time() - t_start
     eta = "?"
     if n_done:
-        eta = _fmt_s(elapsed / n_done * (n_total - n_done))
+        eta = format_duration(elapsed / n_done * (n_total - n_done))
     failed = sum(o.status == "failed" for o in ran)
     print(f"[sweep] {n_done}/{n_total} jobs ended ({failed} failed), {len(running)} running: "
-          f"{', '.join(sorted(running)) or '-'}  elapsed {_fmt_s(elapsed)}  ETA {eta}",
+          f"{', '.join(sorted(running)) or '-'}  elapsed {format_duration(elapsed)}  ETA {eta}",
           flush=True)

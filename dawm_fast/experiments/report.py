@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dawm_fast.config import dict_differences, normalized_config_dict
 from dawm_fast.experiments import stats
 
 ARM_ORDER = ("dawm", "plain", "dawm-bc", "dawm-random")
@@ -62,7 +63,7 @@ class Run:
         cfg = self.results.get("config")
         if cfg is None:
             return {"config": None}
-        cfg = {k: v for k, v in cfg.items() if k not in ignore}
+        cfg = {k: v for k, v in normalized_config_dict(cfg).items() if k not in ignore}
         return {"config": cfg, "code_version": (self.results.get("code") or {}).get("version")}
 
     def describe(self) -> dict:
@@ -93,15 +94,15 @@ def read_evals(path: Path) -> list[tuple[int, float]]:
     return sorted(rows)
 
 
-def _diff_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
-    keys = []
-    for k in sorted(set(a) | set(b)):
-        va, vb = a.get(k), b.get(k)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            keys += _diff_keys(va, vb, f"{prefix}{k}.")
-        elif va != vb:
-            keys.append(f"{prefix}{k}: {va!r} vs {vb!r}")
-    return keys
+def _setting_differences(a: dict, b: dict) -> list[str]:
+    """What two runs' settings (Run.settings) disagree on: config fields, read in today's layout,
+    and the code version."""
+    if a["config"] is None or b["config"] is None:
+        return [] if a["config"] is b["config"] else ["config: missing in one run's results"]
+    diff = dict_differences(a["config"], b["config"])
+    if a["code_version"] != b["code_version"]:
+        diff.append(f"code_version: {a['code_version']!r} vs {b['code_version']!r}")
+    return diff
 
 
 @dataclass
@@ -150,7 +151,7 @@ def build_cells(runs: list[Run]) -> list[Cell]:
         cell = Cell(task, algo, arm, sorted(members, key=lambda r: r.results["seed"]))
         ref = cell.runs[0].settings()
         for other in cell.runs[1:]:
-            diff = _diff_keys(ref, other.settings())
+            diff = _setting_differences(ref, other.settings())
             if diff:
                 cell.refused.append(f"{cell.runs[0].path.name} vs {other.path.name}: "
                                     + "; ".join(diff[:4]))
@@ -172,7 +173,8 @@ def compare_pairs(cells: list[Cell], reps: int) -> list[dict]:
         if arm == "plain" or plain is None:
             continue
         row = {"task": task, "algo": algo, "arm": arm}
-        diff = _diff_keys(dawm.runs[0].settings(PAIR_FIELDS), plain.runs[0].settings(PAIR_FIELDS))
+        diff = _setting_differences(dawm.runs[0].settings(PAIR_FIELDS),
+                                    plain.runs[0].settings(PAIR_FIELDS))
         if diff:
             row["refused"] = "DAWM and plain runs differ in more than the synthetic data: " + \
                 "; ".join(diff[:4])

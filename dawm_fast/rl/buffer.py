@@ -222,3 +222,15 @@ class MixedSampler:
 
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
+
+
+class EagerUpdates:
+    """What the RL training loop (`rl.loop`) calls on an agent: one eager update per call. The
+    fast agents override it to run a whole update cadence as one CUDA graph."""
+
+    path_description = "reference (eager PyTorch)"
+    updates_per_call = 1          # updates one update_from call does at most
+
+    def update_from(self, sampler: MixedSampler) -> tuple[dict, int]:
+        """Update on the sampler's next batch; return the logged values and the updates done."""
+        return self.update(sampler.sample()), 1

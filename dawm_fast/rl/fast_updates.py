@@ -143,7 +143,7 @@ class FastIQL(_GraphedAgent, IQL):
             "initial_lr", self.cfg.actor_lr)
         sched_state = self.actor_lr_schedule.state_dict()
         self.actor_lr_schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
-            shadow, self.cfg.max_steps)
+            shadow, self.total_steps)
         self.actor_lr_schedule.load_state_dict(sched_state)
         shadow.param_groups[0]["lr"] = float(lr)
         super()._fuse_optimizers()

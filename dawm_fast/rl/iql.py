@@ -20,17 +20,16 @@ import torch.nn.functional as F
 from torch.optim.lr_scheduler import CosineAnnealingLR
 
 from dawm_fast.data.tasks import parse_task
-from dawm_fast.rl.buffer import Transitions
+from dawm_fast.rl.buffer import EagerUpdates, Transitions
 from dawm_fast.rl.networks import (DeterministicActor, GaussianActor, ObsNormalizer, TwinCritic,
                                    ValueNet, soft_update)
 
 
 @dataclass
 class IQLConfig:
-    actor_lr: float = 3e-4          # Adam LR of the policy (cosine-decayed over max_steps)
+    actor_lr: float = 3e-4          # Adam LR of the policy (cosine-decayed over total_steps)
     q_lr: float = 3e-4              # Adam LR of both Q heads
     v_lr: float = 3e-4              # Adam LR of V
-    gamma: float = 0.99             # discount
     tau: float = 0.005              # target-Q Polyak rate (IQL has no target V or actor)
     expectile: float = 0.7          # tau of the expectile loss; 0.5 = mean, ->1 = max over data
     beta: float = 3.0               # inverse temperature: small -> BC, large -> greedy on Q
@@ -39,9 +38,7 @@ class IQLConfig:
     batch_size: int = 256           # CORL / paper
     max_action: float = 1.0         # action bound (MuJoCo locomotion: 1)
     deterministic_actor: bool = False   # CORL iql_deterministic: False = Gaussian policy
-    max_steps: int = 1_000_000      # training length: horizon of the actor LR cosine decay
     normalize_reward: bool = True   # IQL paper locomotion recipe; the training loop applies it
-    seed: int = 0                   # network init
 
 
 # CORL's per-dataset settings that differ from the defaults above.
@@ -70,14 +67,18 @@ def awr_weights(adv: torch.Tensor, beta: float, max_weight: float) -> torch.Tens
     return torch.exp(beta * adv).clamp(max=max_weight)
 
 
-class IQL:
+class IQL(EagerUpdates):
     def __init__(self, obs_dim: int, act_dim: int, cfg: IQLConfig | None = None,
-                 device: str | torch.device = "cpu", obs_mean=None, obs_std=None):
+                 device: str | torch.device = "cpu", obs_mean=None, obs_std=None, *,
+                 seed: int = 0, gamma: float = 0.99, total_steps: int = 1_000_000):
         self.cfg = cfg = cfg or IQLConfig()
+        self.seed = seed                # network init
+        self.gamma = gamma              # discount
+        self.total_steps = total_steps  # training length: horizon of the actor LR cosine decay
         self.device = torch.device(device)
-        # Build on CPU under a forked RNG: init depends on cfg.seed only, caller's RNG untouched.
+        # Build on CPU under a forked RNG: init depends on the seed only, caller's RNG untouched.
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed)
+            torch.manual_seed(seed)
             actor_cls = DeterministicActor if cfg.deterministic_actor else GaussianActor
             actor = actor_cls(obs_dim, act_dim, cfg.hidden, cfg.max_action)
             qf = TwinCritic(obs_dim, act_dim, cfg.hidden)
@@ -89,7 +90,7 @@ class IQL:
         self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr)
         self.q_optimizer = torch.optim.Adam(self.qf.parameters(), lr=cfg.q_lr)
         self.v_optimizer = torch.optim.Adam(self.vf.parameters(), lr=cfg.v_lr)
-        self.actor_lr_schedule = CosineAnnealingLR(self.actor_optimizer, cfg.max_steps)
+        self.actor_lr_schedule = CosineAnnealingLR(self.actor_optimizer, total_steps)
         self.obs_norm = ObsNormalizer(obs_dim).to(self.device)
         if obs_mean is not None or obs_std is not None:
             self.set_obs_stats(obs_mean, obs_std)
@@ -115,7 +116,7 @@ class IQL:
     def _update_q(self, next_v: torch.Tensor, obs: torch.Tensor, act: torch.Tensor,
                   rew: torch.Tensor, terminals: torch.Tensor, log: dict) -> None:
         """One-step TD of both Q heads onto r + gamma * V(s'); then Polyak the target Q."""
-        target = rew + (1.0 - terminals) * self.cfg.gamma * next_v                 # [B]
+        target = rew + (1.0 - terminals) * self.gamma * next_v                     # [B]
         q1, q2 = self.qf(obs, act)
         q_loss = (F.mse_loss(q1, target) + F.mse_loss(q2, target)) / 2
         self.q_optimizer.zero_grad(set_to_none=True)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dawm_fast.rl.buffer import Transitions
+from dawm_fast.rl.buffer import EagerUpdates, Transitions
 from dawm_fast.rl.networks import DeterministicActor, ObsNormalizer, TwinCritic, soft_update
 
 
@@ -27,7 +27,6 @@ from dawm_fast.rl.networks import DeterministicActor, ObsNormalizer, TwinCritic,
 class TD3BCConfig:
     actor_lr: float = 3e-4      # Adam learning rate of the actor
     critic_lr: float = 3e-4     # Adam learning rate of both Q heads
-    gamma: float = 0.99         # discount
     tau: float = 0.005          # target-network Polyak rate
     policy_noise: float = 0.2   # std of target-policy smoothing noise, fraction of max_action
     noise_clip: float = 0.5     # clip of that noise, fraction of max_action
@@ -37,7 +36,6 @@ class TD3BCConfig:
     hidden: int = 256           # width of the two hidden layers of every MLP
     batch_size: int = 256       # CORL / paper; DWM trained its offline agents with 128
     max_action: float = 1.0     # action bound (MuJoCo locomotion: 1)
-    seed: int = 0               # network init and target-noise generator
     # BC term over the first `bc_rows` rows of each batch only (MixedSampler puts the real rows
     # first, so this is "imitate the dataset's actions, not the IDM's"); None = every row.
     bc_rows: int | None = None
@@ -59,15 +57,18 @@ def td3bc_actor_loss(pi: torch.Tensor, q: torch.Tensor, actions: torch.Tensor,
     return -lmbda * q.mean() + F.mse_loss(pi[:bc_rows], actions[:bc_rows]), lmbda
 
 
-class TD3BC:
+class TD3BC(EagerUpdates):
     def __init__(self, obs_dim: int, act_dim: int, cfg: TD3BCConfig | None = None,
-                 device: str | torch.device = "cpu", obs_mean=None, obs_std=None):
+                 device: str | torch.device = "cpu", obs_mean=None, obs_std=None, *,
+                 seed: int = 0, gamma: float = 0.99):
         self.cfg = cfg = cfg or TD3BCConfig()
+        self.seed = seed            # network init and target-noise generator
+        self.gamma = gamma          # discount
         self.device = torch.device(device)
-        # Build on CPU under a forked RNG: the init depends on cfg.seed only (not on the global
+        # Build on CPU under a forked RNG: the init depends on the seed only (not on the global
         # RNG or the device), and building leaves the caller's RNG untouched.
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed)
+            torch.manual_seed(seed)
             actor = DeterministicActor(obs_dim, act_dim, cfg.hidden, cfg.max_action)
             critic = TwinCritic(obs_dim, act_dim, cfg.hidden)
         self.actor = actor.to(self.device)
@@ -82,7 +83,7 @@ class TD3BC:
         # Own generator for the smoothing noise: resuming restores it, and nothing else that
         # draws from the global RNG can shift the noise sequence.
         self.noise_generator = torch.Generator(device=self.device)
-        self.noise_generator.manual_seed(cfg.seed)
+        self.noise_generator.manual_seed(seed)
         self.total_it = 0
 
     def set_obs_stats(self, mean, std) -> None:
@@ -105,7 +106,7 @@ class TD3BC:
             next_act = (self.actor_target(next_obs) + noise).clamp(-cfg.max_action,
                                                                    cfg.max_action)
             target_q1, target_q2 = self.critic_target(next_obs, next_act)         # [B], [B]
-            target_q = rew + not_done * cfg.gamma * torch.min(target_q1, target_q2)
+            target_q = rew + not_done * self.gamma * torch.min(target_q1, target_q2)
         q1, q2 = self.critic(obs, act)
         critic_loss = F.mse_loss(q1, target_q) + F.mse_loss(q2, target_q)
         self.critic_optimizer.zero_grad(set_to_none=True)
@@ -163,4 +164,4 @@ class TD3BC:
         else:
             # CPU and CUDA generator states are different formats; a cross-device resume cannot
             # be bit-exact anyway, so continue with a fresh stream that still depends on the step.
-            self.noise_generator.manual_seed(self.cfg.seed + self.total_it)
+            self.noise_generator.manual_seed(self.seed + self.total_it)

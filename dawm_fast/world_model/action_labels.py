@@ -26,11 +26,12 @@ def window_starts(observations: np.ndarray, next_observations: np.ndarray) -> np
 
 
 def behaviour_cloning_policy(obs_normalized: np.ndarray, actions: np.ndarray,
-                             cfg: InverseDynamicsConfig, device):
+                             cfg: InverseDynamicsConfig, device, *, seed: int = 0):
     """pi(s) with the IDM's network and training budget, its next-state input held at zero: an
     MLP on s alone, so the ablation differs from DAWM only in what the labeller sees."""
     zeros = np.zeros_like(obs_normalized)
-    model, report = train_inverse_dynamics(obs_normalized, zeros, actions, cfg, device=device)
+    model, report = train_inverse_dynamics(obs_normalized, zeros, actions, cfg, device=device,
+                                           seed=seed)
 
     @torch.no_grad()
     def act(obs_norm: np.ndarray) -> np.ndarray:
@@ -44,7 +45,8 @@ def relabel(source: str, syn: dict, normalize_states, real_obs: np.ndarray,
             device) -> tuple[np.ndarray, dict]:
     """New actions for the synthetic rows the IDM labelled, from `source` ("bc" | "random"),
     and how far the labeller is from the real a_t on the window-start rows (where a_t is known:
-    the same measure as the generation stage's action consistency)."""
+    the same measure as the generation stage's action consistency). ``seed`` seeds the uniform
+    draws ("random") or the BC policy's training ("bc")."""
     if source not in ("bc", "random"):
         raise ValueError(f"unknown synthetic action source {source!r}; valid: "
                          f"{', '.join(ACTION_SOURCES)}")
@@ -56,7 +58,7 @@ def relabel(source: str, syn: dict, normalize_states, real_obs: np.ndarray,
         info = {}
     else:
         act, report = behaviour_cloning_policy(normalize_states(real_obs), real_actions,
-                                               idm_cfg, device)
+                                               idm_cfg, device, seed=seed)
         labels = act(normalize_states(obs)).astype(np.float32) if len(obs) else actions.copy()
         info = {"bc_heldout_action_mse": report.heldout_mse}
     new = np.where(starts[:, None], actions, labels)

@@ -32,8 +32,8 @@ from dawm_fast.world_model.training import (WindowBatcher, WorldModelTrainer,
 
 class FastWorldModelTrainer(WorldModelTrainer):
     def __init__(self, model: DiffusionWorldModel,
-                 cfg: WorldModelTrainerConfig = WorldModelTrainerConfig()):
-        super().__init__(model, cfg)
+                 cfg: WorldModelTrainerConfig = WorldModelTrainerConfig(), *, seed: int = 0):
+        super().__init__(model, cfg, seed=seed)
         self.uses_graphs = self.device.type == "cuda"
         make_fused(self.optimizer, capturable=self.uses_graphs)
         # On a CPU the fused blocks still pay: their deepest convolutions are banded GEMMs

@@ -19,7 +19,6 @@ class InverseDynamicsConfig:
     batch_size: int = 256               # minibatch size
     n_steps: int = 20_000               # gradient steps
     holdout_frac: float = 0.05          # share of transitions held out for the reported MSE
-    seed: int = 0                       # seeds the hold-out split, init and minibatch draws
 
 
 class InverseDynamics(nn.Module):
@@ -58,11 +57,12 @@ def _mse(model: InverseDynamics, obs: torch.Tensor, nxt: torch.Tensor, act: torc
 
 def train_inverse_dynamics(obs: np.ndarray, next_obs: np.ndarray, actions: np.ndarray,
                            cfg: InverseDynamicsConfig = InverseDynamicsConfig(),
-                           device: str | torch.device = "cpu",
+                           device: str | torch.device = "cpu", *, seed: int = 0,
                            ) -> tuple[InverseDynamics, InverseDynamicsReport]:
     """Fit an IDM on normalized (obs [N, obs_dim], next_obs [N, obs_dim], actions [N, act_dim]).
 
-    A seeded ``holdout_frac`` share is kept out of training; the report gives its action MSE.
+    ``seed`` seeds the hold-out split, the init and the minibatch draws. A seeded
+    ``holdout_frac`` share is kept out of training; the report gives its action MSE.
     The returned model is in eval mode.
     """
     n = obs.shape[0]
@@ -73,7 +73,7 @@ def train_inverse_dynamics(obs: np.ndarray, next_obs: np.ndarray, actions: np.nd
     if n - n_hold < 1:
         raise ValueError(f"need at least one training transition, got {n} with "
                          f"holdout_frac={cfg.holdout_frac}")
-    perm = np.random.default_rng(cfg.seed).permutation(n)
+    perm = np.random.default_rng(seed).permutation(n)
     hold_idx, train_idx = perm[:n_hold], perm[n_hold:]
 
     def t(a: np.ndarray, idx: np.ndarray) -> torch.Tensor:
@@ -83,10 +83,10 @@ def train_inverse_dynamics(obs: np.ndarray, next_obs: np.ndarray, actions: np.nd
     ho = [t(a, hold_idx) for a in (obs, next_obs, actions)]
 
     with torch.random.fork_rng(devices=[]):   # seeded init without touching the global RNG
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(seed)
         model = InverseDynamics(obs.shape[1], actions.shape[1], cfg).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    gen = torch.Generator(device=device).manual_seed(seed)
     n_train = tr[0].shape[0]
     model.train()
     for _ in range(cfg.n_steps):

@@ -13,9 +13,12 @@ from dawm_fast.world_model.precision import bf16_autocast
 
 @dataclass(frozen=True)
 class WorldModelTrainerConfig:
+    # The run's training loop reads these three; the trainer itself does one step per call.
+    steps: int = 2_000_000              # optimizer steps of the run (DWM: 2e6 iterations)
+    batch_size: int = 64                # windows per step (DWM), the global batch over all ranks
+    checkpoint_every: int = 5_000       # steps between resumable checkpoints
     lr: float = 1e-4                    # Adam learning rate
     grad_clip_norm: float | None = None  # max global grad norm; None disables clipping
-    seed: int = 0                       # seeds the trainer's generator (t, noise, dropout mask)
     ema: EMAConfig = field(default_factory=EMAConfig)   # EMA decay / cadence / warm-up
     # bf16 autocast of the forward and loss (weights, grads and Adam stay fp32). Off by default:
     # on until its loss curve is shown to match fp32 on the GPU it runs on (tests/test_bf16.py).
@@ -83,9 +86,9 @@ class _Loss(torch.nn.Module):
 class WorldModelTrainer:
     """Owns the optimizer, the EMA copy, the step counter and the loss RNG.
 
-    The loss draws all its randomness from ``self.generator`` (on the model's device), whose state
-    is part of ``state_dict``, so save -> load into a fresh trainer -> continue reproduces an
-    uninterrupted run bit for bit.
+    The loss draws all its randomness from ``self.generator`` (on the model's device, seeded by
+    ``seed``), whose state is part of ``state_dict``, so save -> load into a fresh trainer ->
+    continue reproduces an uninterrupted run bit for bit.
 
     ``shard = (rank, world)`` trains data-parallel under torch.distributed: the model is wrapped
     in DistributedDataParallel (which makes every rank start from rank 0's weights), each rank
@@ -94,9 +97,11 @@ class WorldModelTrainer:
     every rank, so a checkpoint resumes at any world size.
     """
 
+    path_description = "reference (eager PyTorch)"
+
     def __init__(self, model: DiffusionWorldModel,
                  cfg: WorldModelTrainerConfig = WorldModelTrainerConfig(),
-                 shard: tuple[int, int] | None = None):
+                 shard: tuple[int, int] | None = None, *, seed: int = 0):
         self.cfg = cfg
         self.model = model
         self.device = next(model.parameters()).device
@@ -109,7 +114,7 @@ class WorldModelTrainer:
                 else None)
         self.optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
         self.ema = EMA(model, cfg.ema)
-        self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.step = 0                    # optimizer steps taken
 
     def train_step(self, batch) -> dict[str, float]:
