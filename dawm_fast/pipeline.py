@@ -61,6 +61,8 @@ RESULT_FIELDS = {
 # The dataset-reference scores, present when the dataset has its own reference returns.
 OPTIONAL_RESULT_FIELDS = {"evaluation": ("dataset_score_mean", "dataset_score_std",
                                          "dataset_reference")}
+
+
 class Pipeline:
     def __init__(self, cfg: PipelineConfig, out: Path, world: World = World()):
         if cfg.backend == "auto":
@@ -116,8 +118,8 @@ class Pipeline:
         np.random.seed(cfg.seed)
         for stage in STAGES:
             if self.done(stage) and stage != "data":
-                print(f"[{stage}] finished earlier ({self.progress.finished[stage]['wall_s']:.0f} s); "
-                      f"skipping", flush=True)
+                wall = self.progress.finished[stage]["wall_s"]
+                print(f"[{stage}] finished earlier ({wall:.0f} s); skipping", flush=True)
                 if stage == until:
                     return None
                 continue
@@ -345,8 +347,8 @@ class Pipeline:
         if bad:
             raise RunError(f"[generation] the synthetic '{bad[0]}' hold NaN or inf (not saved); "
                            f"the world model or IDM made them: rerun in another --out with a "
-                           f"lower --set wm_training.lr=... (now {cfg.wm_training.lr:g}) or another --target-return "
-                           f"(now {cfg.resolved_target_return():g})")
+                           f"lower --set wm_training.lr=... (now {cfg.wm_training.lr:g}) or "
+                           f"another --target-return (now {cfg.resolved_target_return():g})")
         tmp = self.out / "synthetic.tmp.npz"
         np.savez(tmp, **syn)
         os.replace(tmp, self.out / "synthetic.npz")

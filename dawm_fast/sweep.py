@@ -119,7 +119,8 @@ def print_plan(jobs: list[Job], sweep_dir: Path, preset: str, workers: int) -> N
               f"rest" if measured else "per-preset estimates")
     print(f"[sweep] plan: {len(jobs)} jobs ({n_wm} world models, {len(jobs) - n_wm} RL runs), "
           f"{len(jobs) - len(todo)} finished; to run: {len(todo)} jobs, ~{total:.0f} "
-          f"worker-minutes, ~{format_duration(wall * 60)} on {workers} worker(s) ({source})", flush=True)
+          f"worker-minutes, ~{format_duration(wall * 60)} on {workers} worker(s) ({source})",
+          flush=True)
 
 
 def sweep_backend(args) -> str:

@@ -124,8 +124,8 @@ def test_uneven_split_is_refused():
 
 
 TINY_RUN = [f"--set={kv}" for kv in (
-    "rl_steps=20", "eval_every=20", "wm_training.steps=30", "wm_training.checkpoint_every=10", "idm.n_steps=20",
-    "n_synthetic_starts=64", "eval_episodes=1", "final_eval_episodes=1")]
+    "rl_steps=20", "eval_every=20", "wm_training.steps=30", "wm_training.checkpoint_every=10",
+    "idm.n_steps=20", "n_synthetic_starts=64", "eval_episodes=1", "final_eval_episodes=1")]
 
 
 def test_torchrun_pipeline_matches_one_process(tmp_path, monkeypatch):

@@ -21,8 +21,8 @@ TASKS = ("walker2d-medium-expert", "walker2d-medium-replay")
 # every stage runs, on step counts that take seconds
 TINY = [f"--set={kv}" for kv in (
     "rl_steps=60", "eval_every=20", "rl_checkpoint_every=20", "wm_training.steps=20",
-    "wm_training.checkpoint_every=10", "idm.n_steps=20", "n_synthetic_starts=64", "eval_episodes=1",
-    "final_eval_episodes=1")]
+    "wm_training.checkpoint_every=10", "idm.n_steps=20", "n_synthetic_starts=64",
+    "eval_episodes=1", "final_eval_episodes=1")]
 
 
 @pytest.fixture(scope="module")
