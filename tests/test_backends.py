@@ -66,3 +66,16 @@ def test_the_factory_gives_each_backend_its_agent_and_trainer():
     assert type(backends.world_model_trainer("reference", model, cfg, seed=0)) is \
         WorldModelTrainer
     assert type(backends.world_model_trainer("fast", model, cfg, seed=0)) is FastWorldModelTrainer
+
+
+def test_a_sweep_keeps_the_backend_its_directory_was_made_with(tmp_path):
+    import argparse
+    import json
+
+    from dawm_fast.sweep import sweep_backend
+    args = argparse.Namespace(backend=None, out=tmp_path, device="cpu")
+    assert sweep_backend(args) == backends.resolve_backend("auto", "cpu")[0]    # a new sweep
+    (tmp_path / "sweep.json").write_text(json.dumps({"settings": {"backend": "reference"}}))
+    assert sweep_backend(args) == "reference"                   # resumed: the sweep's own
+    args.backend = "auto"
+    assert sweep_backend(args) == backends.resolve_backend("auto", "cpu")[0]    # asked for
