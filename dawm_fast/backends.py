@@ -38,7 +38,7 @@ def resolve_backend(requested: str, device: str | torch.device) -> tuple[str, st
         return "reference", f"auto: {problem}"
     where = ("CUDA graphs and Triton kernels" if device.type == "cuda" else
              "C++ CPU kernels and banded GEMMs")
-    return "fast", f"auto: the C++ extension loads ({where})"
+    return "fast", f"auto: the C++ extension loads; {where}"
 
 
 def _fast_problem(device: torch.device) -> str | None:
