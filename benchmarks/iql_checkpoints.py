@@ -4,6 +4,8 @@
     python benchmarks/iql_checkpoints.py checkpoints --episodes 10 RUN/snaps/*.pt
     # per-seed final score and mean of the last three training evaluations, and their seed mean
     python benchmarks/iql_checkpoints.py summary RUN_SEED0 RUN_SEED1 ...
+    # each run's final policy (agent.pt) on many fresh episodes, by how its episodes end
+    python benchmarks/iql_checkpoints.py finals --episodes 50 RUN_SEED0 RUN_SEED1 ...
 
 ``checkpoints`` prints one JSON line per checkpoint (in update order): the actor LR, the mean
 log-std, the policy's BC error on every 20th dataset row, how far its mean action moved from the
@@ -28,7 +30,6 @@ def checkpoints(paths: list[str], env: str, episodes: int, seed: int) -> None:
     from dawm_fast.data.scores import normalized_score
     from dawm_fast.data.tasks import parse_task
     from dawm_fast.evaluation.rollout import evaluate_policy
-    from dawm_fast.rl.iql import IQL, IQLConfig
 
     ds = load_dataset(env, "embedded")
     obs = torch.as_tensor(ds.observations[::20])                             # [n, obs]
@@ -37,13 +38,7 @@ def checkpoints(paths: list[str], env: str, episodes: int, seed: int) -> None:
                  key=lambda c: c["step"])
     prev = None
     for ck in cks:
-        st = ck["agent"]
-        # Checkpoints written before seed, gamma and max_steps left IQLConfig still carry them:
-        # none matters here (the weights, optimizers and LR schedule all come from the checkpoint).
-        known = {f.name for f in dataclasses.fields(IQLConfig)}
-        agent = IQL(ds.obs_dim, ds.act_dim,
-                    IQLConfig(**{k: v for k, v in st["config"].items() if k in known}))
-        agent.load_state_dict(st)
+        agent = _agent(ck["agent"], ds)
         with torch.no_grad():
             mean = torch.as_tensor(agent.act(obs.numpy()))                   # [n, act]
             log_std = getattr(agent.actor, "log_std", None)
@@ -58,6 +53,47 @@ def checkpoints(paths: list[str], env: str, episodes: int, seed: int) -> None:
             row.update(score=float(scores.mean()), score_std=float(scores.std()),
                        lengths=res.lengths.tolist())
         print(json.dumps(row), flush=True)
+
+
+def _agent(state: dict, ds):
+    from dawm_fast.rl.iql import IQL, IQLConfig
+
+    # Checkpoints written before seed, gamma and max_steps left IQLConfig still carry them: none
+    # matters here (the weights, optimizers and LR schedule all come from the checkpoint).
+    known = {f.name for f in dataclasses.fields(IQLConfig)}
+    agent = IQL(ds.obs_dim, ds.act_dim,
+                IQLConfig(**{k: v for k, v in state["config"].items() if k in known}))
+    agent.load_state_dict(state)
+    return agent
+
+
+# How a walker episode ends: it falls at the start (the policy never gets going), falls later,
+# or runs the full 1000 steps.
+START_FALL_STEPS = 50
+
+
+def finals(runs: list[str], env: str, episodes: int, seed: int) -> None:
+    """Each run's final policy on `episodes` episodes (resets seed + i, the same for every run):
+    score, and how many episodes fell at the start, fell later, or ran the full 1000 steps."""
+    from dawm_fast.data.loader import load_dataset
+    from dawm_fast.data.scores import normalized_score
+    from dawm_fast.data.tasks import parse_task
+    from dawm_fast.evaluation.rollout import evaluate_policy
+
+    ds = load_dataset(env, "embedded")
+    for run in runs:
+        agent = _agent(torch.load(Path(run) / "agent.pt", weights_only=False,
+                                  map_location="cpu")["agent"], ds)
+        res = evaluate_policy(agent.act, ds.eval_env_id, episodes, seed)
+        scores, _ = normalized_score(parse_task(env)[0].name, res.returns)
+        n = res.lengths
+        print(json.dumps({"run": Path(run).name, "episodes": episodes, "seed": seed,
+                          "score": float(scores.mean()), "score_std": float(scores.std()),
+                          "fell_at_start": int((n < START_FALL_STEPS).sum()),
+                          "fell_later": int(((n >= START_FALL_STEPS) & (n < 1000)).sum()),
+                          "full_episodes": int((n >= 1000).sum()),
+                          "full_episode_score": float(scores[n >= 1000].mean())
+                          if (n >= 1000).any() else None}), flush=True)
 
 
 def summary(runs: list[str]) -> None:
@@ -90,10 +126,17 @@ def main() -> None:
     c.add_argument("--seed", type=int, default=777_000, help="episode i resets with seed + i")
     s = sub.add_parser("summary")
     s.add_argument("runs", nargs="+")
+    f = sub.add_parser("finals")
+    f.add_argument("runs", nargs="+")
+    f.add_argument("--env", default="walker2d-medium-expert")
+    f.add_argument("--episodes", type=int, default=50)
+    f.add_argument("--seed", type=int, default=888_000, help="episode i resets with seed + i")
     a = p.parse_args()
     torch.set_num_threads(1)
     if a.cmd == "checkpoints":
         checkpoints(a.paths, a.env, a.episodes, a.seed)
+    elif a.cmd == "finals":
+        finals(a.runs, a.env, a.episodes, a.seed)
     else:
         summary(a.runs)
 

@@ -79,6 +79,9 @@ class Pipeline:
         self.progress = RunProgress(out, STAGES, cfg.identity())
         self.metrics: MetricsLog | None = None
         self._relabelled = None
+        # Which code runs is decided when this process imported it: read the commit now (it is
+        # cached), not when results.json is written hours later, after the checkout may have moved.
+        code_version()
 
     def done(self, stage: str) -> bool:
         return self.progress.done(stage)
