@@ -43,14 +43,14 @@ def resolve_backend(requested: str, device: str | torch.device) -> tuple[str, st
 
 def _fast_problem(device: torch.device) -> str | None:
     """Why the fast backend cannot run on `device`, or None when it can."""
+    if device.type not in ("cpu", "cuda"):
+        return f"no fast kernels for device type {device.type}"
     try:
         ext = load_extension()
     except ExtensionUnavailable as e:
         return f"the C++ extension is unavailable ({str(e).splitlines()[0]})"
     if device.type == "cuda" and not ext.with_cuda():
         return "the C++ extension was built without CUDA"
-    if device.type not in ("cpu", "cuda"):
-        return f"no fast kernels for device type {device.type}"
     return None
 
 

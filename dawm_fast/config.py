@@ -161,10 +161,8 @@ def world_model_fingerprint(cfg: "PipelineConfig") -> str:
     d = cfg.to_dict()
     key = {k: d[k] for k in WORLD_MODEL_FIELDS if k != "wm_training"}
     key["idm"] = {**key["idm"], "seed": 0}          # layout 1 kept an unused idm.seed of 0
-    training = dict(d["wm_training"])
-    for old, new in _V1_WORLD_MODEL_TRAINING.items():
-        if new in ("steps", "batch_size", "lr", "bf16", "ema"):
-            key[old] = training[new]
+    key.update({old: d["wm_training"][new] for old, new in _V1_WORLD_MODEL_TRAINING.items()
+                if old != "wm_checkpoint_every"})   # the cadence never decided the model
     key["target_return"] = cfg.resolved_target_return()
     blob = json.dumps(key, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:10]

@@ -476,9 +476,8 @@ class Pipeline:
         steps = train_agent(agent, sampler, cfg.rl_steps, checkpoint=checkpoint, resume=resume,
                             metrics=self.metrics, eval_every=cfg.eval_every, evaluate=evaluate,
                             progress_every_s=cfg.progress_every_s)
-        state = agent.state_dict()
-        checkpoint.check_finite({"agent": state}, steps)
-        atomic_torch_save({"agent": state}, self.out / PRODUCTS["rl"])
+        # finite: the loop's last checkpoint (or the one resumed from) checked this state
+        atomic_torch_save({"agent": agent.state_dict()}, self.out / PRODUCTS["rl"])
         relabel_info = self._relabelled[1] if self._relabelled is not None else {}
         return {"updates": steps, **relabel_info, "wall_s": checkpoint.wall_s()}
 

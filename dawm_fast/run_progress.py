@@ -26,7 +26,7 @@ def evaluation_fields(ev: dict) -> dict:
 
 def _current_names(stage: str, info: dict) -> dict:
     renames = _OLD_STAGE_FIELDS.get(stage, {})
-    return {renames.get(k, k) if renames.get(k, k) not in info else k: v for k, v in info.items()}
+    return {renames.get(k, k): v for k, v in info.items()}
 
 
 def read_progress(path: Path, stages: tuple[str, ...]) -> dict | None:

@@ -180,16 +180,15 @@ def check_out_dir(out: Path, cfg, backend_given: bool):
         old = json.loads(saved.read_text())
         if not isinstance(old, dict):
             raise ValueError("not a JSON object")
+        if not backend_given and isinstance(old.get("backend"), str):
+            # resuming with the default keeps the backend the run started with
+            cfg = dataclasses.replace(cfg, backend=old["backend"])
         diff = config_differences(old, cfg.to_dict(), ignore=("device",))
     except ConfigMigrationError as e:
         die(f"{saved}: {e}")
     except Exception as e:
         die(f"{saved} is corrupt ({type(e).__name__}: {str(e)[:100]}); choose another --out or "
             f"delete {out}")
-    if not backend_given and any(d.startswith("backend:") for d in diff):
-        # resuming with the default keeps the backend the run started with
-        cfg = dataclasses.replace(cfg, backend=old.get("backend", "reference"))
-        diff = [d for d in diff if not d.startswith("backend:")]
     if diff:
         shown = ", ".join(d.replace(" vs ", " there vs ", 1) + " now" for d in diff[:4])
         die(f"--out {out} holds another run ({shown}); rerun with its settings to resume it, "
@@ -212,7 +211,6 @@ def main(argv=None) -> int:
     except BackendUnavailable as e:
         die(f"{e}; use --backend reference (plain eager PyTorch) or --backend auto")
     cfg = dataclasses.replace(cfg, backend=backend)
-    args.backend_why = why
     out = args.out or Path("runs") / (f"{cfg.env}_{cfg.algo}_{cfg.preset}_ratio"
                                       f"{cfg.synthetic_ratio:g}_seed{cfg.seed}")
     world = distributed.world_from_env()      # torchrun: data-parallel world-model training
@@ -225,7 +223,7 @@ def main(argv=None) -> int:
     # One owner per run directory, from before anything is written into it to the end.
     try:
         with run_dir_lock(out), stop_signals():
-            return _run(args, cfg, out)
+            return _run(args, cfg, out, why)
     except RunDirBusy as e:
         die(str(e), BUSY_EXIT_CODE)
 
@@ -247,13 +245,12 @@ def _run_worker(cfg, out: Path, world) -> int:
     return 0
 
 
-def _run(args: argparse.Namespace, cfg, out: Path) -> int:
+def _run(args: argparse.Namespace, cfg, out: Path, backend_why: str) -> int:
     from dawm_fast.pipeline import Pipeline
 
     resolved = cfg.backend
     cfg = check_out_dir(out, cfg, backend_given=args.backend is not None)
-    why = (args.backend_why if cfg.backend == resolved else
-           f"the run in {out} started with it")
+    why = backend_why if cfg.backend == resolved else f"the run in {out} started with it"
     world = distributed.world_from_env()
     ranks = f" | {world.size} processes (torchrun)" if world.active else ""
     print(f"dawm_fast | env {cfg.env} | algo {cfg.algo} | preset {cfg.preset} | seed {cfg.seed} | "

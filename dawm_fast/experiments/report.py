@@ -216,14 +216,20 @@ def aggregate(cells: list[Cell], reps: int) -> list[dict]:
     return out
 
 
-def make_report(root: Path, reps: int = stats.DEFAULT_REPS, runs: list[Run] | None = None) -> dict:
+def finished_runs(root: Path) -> list[Run]:
+    """The finished runs under a sweep directory (ReportError when there is none)."""
     if not root.is_dir():
         raise ReportError(f"{root} is not a directory; give a sweep directory (python -m "
                           f"dawm_fast.sweep ... --out DIR)")
-    runs = load_runs(root) if runs is None else runs
+    runs = load_runs(root)
     if not runs:
         raise ReportError(f"{root} holds no finished run (no results.json under it); run the "
                           f"sweep first, or wait for its first runs to finish")
+    return runs
+
+
+def make_report(root: Path, reps: int = stats.DEFAULT_REPS, runs: list[Run] | None = None) -> dict:
+    runs = finished_runs(root) if runs is None else runs
     cells = build_cells(runs)
     report = {
         "sweep_dir": str(root),
@@ -381,10 +387,7 @@ def write_plots(rep: dict, runs: list[Run], plot_dir: Path) -> list[Path]:
 
 def write_report(root: Path, reps: int = stats.DEFAULT_REPS,
                  commands: list[str] | None = None) -> dict:
-    if not root.is_dir():
-        raise ReportError(f"{root} is not a directory; give a sweep directory (python -m "
-                          f"dawm_fast.sweep ... --out DIR)")
-    runs = load_runs(root)                   # read once, for the numbers and the plots
+    runs = finished_runs(root)               # read once, for the numbers and the plots
     rep = make_report(root, reps, runs)
     from dawm_fast.run_io import atomic_write_text, write_json
     write_json(root / "report.json", rep)

@@ -94,8 +94,7 @@ def fit_world_model(model: DiffusionWorldModel, windows: dict[str, torch.Tensor]
                 # the global batch's loss: the mean over ranks (all ranks see the same value)
                 last_loss = float(distributed.mean_over_ranks(
                     torch.stack([torch.as_tensor(v) for v in losses]).mean(), world))
-                if not np.isfinite(last_loss):
-                    checkpoint.check_finite({"the loss": last_loss}, step)
+                checkpoint.check_finite({"the loss": last_loss}, step)
                 if main:
                     metrics.log("world_model", step, loss=last_loss)
                 losses = []
