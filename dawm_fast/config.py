@@ -26,7 +26,7 @@ ALGOS = ("td3bc", "iql")
 # why); a saved config always holds the resolved one.
 BACKENDS = ("auto", "reference", "fast")
 # The layout of config.json. Older layouts are read through migrate_config_dict.
-CONFIG_VERSION = 2
+CONFIG_VERSION = 3
 
 # Normalized target return-to-go (g / task scale) used for guidance at sampling time: the middle of
 # the ranges DWM reports (REFERENCE.md), by env and dataset kind.
@@ -101,6 +101,10 @@ class PipelineConfig:
     # ("nothing moves": 0.105), the standardized one's by 0.056. Rewards: min-max to [-1, 1].
     state_normalizer: str = "gaussian"
     world_model: WorldModelConfig = field(default_factory=pipeline_world_model)
+    # Train the world model also on windows that run past a fall (data.windows): without them it
+    # never sees a fallen state, and its synthetic windows fall about half as often as the data
+    # (hopper-medium-replay, benchmarks/RESULTS.md). Runs saved before layout 3 trained without.
+    windows_past_falls: bool = True
     # steps, batch, learning rate, EMA, bf16 autocast and checkpoint cadence of its training
     wm_training: WorldModelTrainerConfig = field(default_factory=WorldModelTrainerConfig)
     # -- generation ------------------------------------------------------------------------------
@@ -150,7 +154,7 @@ class PipelineConfig:
 # algorithm, synthetic ratio or RL settings.
 WORLD_MODEL_FIELDS = ("env", "seed", "backend", "data_source", "data_path", "max_transitions",
                       "episode_fraction", "gamma", "idm", "state_normalizer", "world_model",
-                      "wm_training", "sampling", "n_synthetic_starts")
+                      "windows_past_falls", "wm_training", "sampling", "n_synthetic_starts")
 
 
 def world_model_fingerprint(cfg: "PipelineConfig") -> str:
@@ -164,6 +168,8 @@ def world_model_fingerprint(cfg: "PipelineConfig") -> str:
     key.update({old: d["wm_training"][new] for old, new in _V1_WORLD_MODEL_TRAINING.items()
                 if old != "wm_checkpoint_every"})   # the cadence never decided the model
     key["target_return"] = cfg.resolved_target_return()
+    if not key["windows_past_falls"]:
+        del key["windows_past_falls"]               # layouts 1-2 had only these windows
     blob = json.dumps(key, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:10]
 
@@ -213,6 +219,9 @@ def migrate_config_dict(d: dict) -> dict:
                                            f"or compared by this dawm_fast")
             for name in names:
                 sub.pop(name, None)
+    if version < 3:
+        # Layouts 1-2: the world model trained on windows whole inside an episode only.
+        d.setdefault("windows_past_falls", False)
     return d
 
 

@@ -214,7 +214,8 @@ class Pipeline:
                 os.replace(tmp, p)
         self.windows = training_windows(ds, self.state_norm, self.reward_norm,
                                         cfg.world_model.horizon, cfg.gamma,
-                                        self.family.rtg_scale, self.device)
+                                        self.family.rtg_scale, self.device,
+                                        cfg.windows_past_falls)
         return {"transitions": len(ds), "windows": len(self.windows["x0"]), "source": ds.source,
                 "load_s": round(time.time() - t0, 2)}
 

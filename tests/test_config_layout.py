@@ -26,7 +26,8 @@ def layout_1():
 def test_a_layout_1_config_reads_as_todays_preset(layout_1):
     cfg = config_from_dict(layout_1["config"])
     want = preset_config("cpu", "hopper-medium-replay", "td3bc", seed=0, backend="reference",
-                         synthetic_ratio=0.5, world_model_dir=layout_1["config"]["world_model_dir"])
+                         synthetic_ratio=0.5, world_model_dir=layout_1["config"]["world_model_dir"],
+                         windows_past_falls=False)
     assert cfg == want
     assert cfg.wm_training.steps == 12_000 and cfg.wm_training.ema.start_step == 500
     assert cfg.wm_training.checkpoint_every == 1_000 and cfg.wm_training.lr == 1e-4
@@ -41,6 +42,36 @@ def test_fingerprints_survive_the_new_layout(layout_1):
     # the RL side does not
     rl_only = dataclasses.replace(cfg, rl_steps=7, td3bc=dataclasses.replace(cfg.td3bc, alpha=1.0))
     assert world_model_fingerprint(rl_only) == layout_1["world_model_fingerprint"]
+
+
+def test_layout_2_trained_without_windows_past_falls_and_keeps_its_fingerprint():
+    today = preset_config("cpu", "hopper-medium-replay", "iql", seed=1)
+    assert today.windows_past_falls
+    d = json.loads(json.dumps(today.to_dict()))
+    d["config_version"] = 2
+    del d["windows_past_falls"]
+    old = config_from_dict(d)
+    assert not old.windows_past_falls
+    assert config_differences(d, today.to_dict()) == ["windows_past_falls: False vs True"]
+    # what layout 2 hashed (every world-model field it had) names the same directory today...
+    assert world_model_fingerprint(old) == _layout_2_fingerprint(d)
+    # ...and the new windows make another world model
+    assert world_model_fingerprint(today) != world_model_fingerprint(old)
+
+
+def _layout_2_fingerprint(d: dict) -> str:
+    import hashlib
+
+    key = {k: d[k] for k in ("env", "seed", "backend", "data_source", "data_path",
+                             "max_transitions", "episode_fraction", "gamma", "idm",
+                             "state_normalizer", "world_model", "sampling",
+                             "n_synthetic_starts")}
+    key["idm"] = {**key["idm"], "seed": 0}
+    key.update({"wm_steps": d["wm_training"]["steps"], "wm_batch_size": d["wm_training"]["batch_size"],
+                "wm_lr": d["wm_training"]["lr"], "wm_bf16": d["wm_training"]["bf16"],
+                "wm_ema": d["wm_training"]["ema"]})
+    key["target_return"] = config_from_dict(d).resolved_target_return()
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
 def test_saved_configs_round_trip_in_todays_layout():

@@ -186,7 +186,7 @@ def test_windows_and_return_to_go_match_brute_force(rng):
     from dawm_fast.data.dataset import from_episodes
     ds = from_episodes("hopper-medium", eps, "test", "Hopper-v5")
     T, gamma, scale = 8, 0.99, 400.0
-    w = make_windows(ds, T, gamma, scale)
+    w = make_windows(ds, T, gamma, scale, past_falls=False)
     expected = brute_force_windows(ds, T, gamma, scale)
     assert [int(s) for s in w.start_index] == [t for t, _ in expected]
     np.testing.assert_allclose(w.returns_to_go, [g for _, g in expected], rtol=1e-5, atol=1e-7)
@@ -198,6 +198,40 @@ def test_windows_and_return_to_go_match_brute_force(rng):
         assert not ds.episode_ends[t:t + T - 1].any()
     assert w.terminals.shape == (len(w), T) and w.timeouts.shape == (len(w), T)
     assert not (w.terminals & w.timeouts).any()
+
+
+def test_windows_run_past_falls_with_the_fallen_state(rng):
+    eps = random_episodes(rng, 12, 5, 2, min_len=2, max_len=30)
+    from dawm_fast.data.dataset import from_episodes
+    ds = from_episodes("hopper-medium", eps, "test", "Hopper-v5")
+    T, gamma, scale = 8, 0.99, 400.0
+    inside = make_windows(ds, T, gamma, scale, past_falls=False)
+    w = make_windows(ds, T, gamma, scale)
+    ends = np.flatnonzero(ds.episode_ends)
+    assert ds.terminals[ends].any() and not ds.terminals[ends].all()   # both kinds of end
+    by_start = {int(t): i for i, t in enumerate(w.start_index)}
+    # every window whole inside an episode is still there, unchanged
+    for i, t in enumerate(inside.start_index):
+        j = by_start.pop(int(t))
+        np.testing.assert_array_equal(w.states[j], inside.states[i])
+        np.testing.assert_array_equal(w.rewards[j], inside.rewards[i])
+    # the others start in the last T-1 steps of an episode that ends in a terminal
+    assert by_start
+    for t, j in by_start.items():
+        e = ends[np.searchsorted(ends, t)]
+        assert ds.terminals[e] and e - t + 1 < T
+        n = e - t + 1                                           # steps up to the fall
+        np.testing.assert_array_equal(w.states[j, :n], ds.observations[t:e + 1])
+        np.testing.assert_array_equal(w.states[j, n:], np.repeat(ds.next_observations[e][None],
+                                                                 T - n, 0))
+        np.testing.assert_array_equal(w.rewards[j, :n], ds.rewards[t:e + 1])
+        assert (w.rewards[j, n:] == 0).all()
+        assert w.terminals[j, n - 1] and not w.terminals[j, n:].any()
+        np.testing.assert_array_equal(w.first_actions[j], ds.actions[t])
+    # no window runs past a timeout: every start of an episode cut by time is a whole window
+    for t in w.start_index:
+        e = ends[np.searchsorted(ends, t)]
+        assert ds.terminals[e] or e - t + 1 >= T
 
 
 def test_discounted_rtg_single_episode():

@@ -2,9 +2,17 @@
 
 A window starting at step t of an episode holds (s_t, a_t, g_t), the following T-1 states
 s_{t+1..t+T-1} and the T rewards r_t..r_{t+T-1}. g_t is the discounted return-to-go to the end of
-the episode divided by the task's scale. Windows never cross an episode boundary: every step of a
-window lies in the window's episode. Terminal and timeout flags are kept apart: only a terminal is
-a true end of the MDP; a timeout is a cut made by the time limit.
+the episode divided by the task's scale. Terminal and timeout flags are kept apart: only a terminal
+is a true end of the MDP; a timeout is a cut made by the time limit.
+
+Windows never cross into another episode. An episode that ends in a terminal (a fall) also gives
+windows that start in its last T-1 steps and run past the fall (``past_falls``): the state after
+the fall (the dataset's last next observation) fills the rest of the window, with reward 0.
+Without them a world model never sees a fallen state: the last window of an episode ends at the
+state before the fall, so its generated windows fall only by extrapolation, and from starts near
+a fall (never a training start) it continues as if nothing happened (measured on hopper-medium-
+replay, benchmarks/RESULTS.md: synthetic windows fell about half as often as the data). After a
+timeout nothing is known, so no window runs past one.
 """
 from __future__ import annotations
 
@@ -42,26 +50,42 @@ def discounted_returns_to_go(rewards: np.ndarray, episode_ends: np.ndarray,
     return g
 
 
-def window_starts(episode_ends: np.ndarray, horizon: int) -> np.ndarray:
-    """Rows t whose steps t .. t+horizon-1 all lie in t's episode."""
+def window_starts(episode_ends: np.ndarray, horizon: int,
+                  terminals: np.ndarray | None = None) -> np.ndarray:
+    """Rows t whose steps t .. t+horizon-1 all lie in t's episode; with `terminals` [N] (runs
+    past falls), also every later row of an episode whose last step is a terminal."""
     ends = np.flatnonzero(episode_ends)
     starts = np.concatenate([[0], ends[:-1] + 1])
-    out = [np.arange(s, e - horizon + 2) for s, e in zip(starts, ends) if e - s + 1 >= horizon]
+    out = []
+    for s, e in zip(starts, ends):
+        if terminals is not None and terminals[e]:
+            out.append(np.arange(s, e + 1))
+        elif e - s + 1 >= horizon:
+            out.append(np.arange(s, e - horizon + 2))
     return np.concatenate(out) if out else np.zeros(0, np.int64)
 
 
-def make_windows(ds: OfflineDataset, horizon: int, gamma: float, rtg_scale: float
-                 ) -> TrajectoryWindows:
+def make_windows(ds: OfflineDataset, horizon: int, gamma: float, rtg_scale: float,
+                 past_falls: bool = True) -> TrajectoryWindows:
     ends = ds.episode_ends
-    starts = window_starts(ends, horizon)
+    starts = window_starts(ends, horizon, ds.terminals if past_falls else None)
+    last = np.flatnonzero(ends)[np.searchsorted(np.flatnonzero(ends), starts)]  # [M] episode end
     idx = starts[:, None] + np.arange(horizon)[None, :]     # [M, T]
+    past = idx > last[:, None]                              # [M, T] after the fall (past_falls)
+    idx = np.minimum(idx, last[:, None])
     rtg = discounted_returns_to_go(ds.rewards, ends, gamma)
+    states = ds.observations[idx]
+    rewards = ds.rewards[idx]
+    if past.any():
+        fallen = np.broadcast_to(ds.next_observations[last][:, None], states.shape)
+        states = np.where(past[..., None], fallen, states)
+        rewards = np.where(past, np.float32(0), rewards)
     return TrajectoryWindows(
-        states=ds.observations[idx],
+        states=states,
         first_actions=ds.actions[starts],
-        rewards=ds.rewards[idx],
+        rewards=rewards,
         returns_to_go=(rtg[starts] / rtg_scale).astype(np.float32),
-        terminals=ds.terminals[idx],
-        timeouts=ds.timeouts[idx],
+        terminals=ds.terminals[idx] & ~past,
+        timeouts=ds.timeouts[idx] & ~past,
         start_index=starts,
     )
