@@ -149,12 +149,14 @@ class PipelineConfig:
                                               "episode_fraction")}
 
 
-# The fields that decide what the world-model stages (idm, world_model, generation) produce: two
-# configs that agree on these make the same world model and synthetic data, whatever their
-# algorithm, synthetic ratio or RL settings.
+# The fields that decide the synthetic data and nothing else (a plain run, synthetic ratio 0,
+# reads none of them), and with the data's own fields all that the world-model stages (idm,
+# world_model, generation) produce: two configs that agree on WORLD_MODEL_FIELDS make the same
+# world model and synthetic data, whatever their algorithm, synthetic ratio or RL settings.
+SYNTHETIC_DATA_FIELDS = ("idm", "state_normalizer", "world_model", "windows_past_falls",
+                         "wm_training", "sampling", "n_synthetic_starts", "target_return")
 WORLD_MODEL_FIELDS = ("env", "seed", "backend", "data_source", "data_path", "max_transitions",
-                      "episode_fraction", "gamma", "idm", "state_normalizer", "world_model",
-                      "windows_past_falls", "wm_training", "sampling", "n_synthetic_starts")
+                      "episode_fraction", "gamma") + SYNTHETIC_DATA_FIELDS
 
 
 def world_model_fingerprint(cfg: "PipelineConfig") -> str:
@@ -163,7 +165,7 @@ def world_model_fingerprint(cfg: "PipelineConfig") -> str:
     It hashes those values in config layout 1, so that a refactor of the config does not orphan
     the world models sweeps have already trained (their directories are named by it)."""
     d = cfg.to_dict()
-    key = {k: d[k] for k in WORLD_MODEL_FIELDS if k != "wm_training"}
+    key = {k: d[k] for k in WORLD_MODEL_FIELDS if k not in ("wm_training", "target_return")}
     key["idm"] = {**key["idm"], "seed": 0}          # layout 1 kept an unused idm.seed of 0
     key.update({old: d["wm_training"][new] for old, new in _V1_WORLD_MODEL_TRAINING.items()
                 if old != "wm_checkpoint_every"})   # the cadence never decided the model

@@ -102,6 +102,17 @@ def test_pairs_that_differ_beyond_the_synthetic_data_are_not_compared(tmp_path):
     assert "rl_steps" in pair["refused"] and "final" not in pair
 
 
+def test_a_plain_run_pairs_whatever_its_world_model_settings(tmp_path):
+    # a plain run reads no world model: its config's world-model settings (an older layout's
+    # windows, another sampling temperature) do not keep it from pairing with a DAWM run
+    fake_run(tmp_path, "hopper-medium", "td3bc", "dawm", 0, 50.0, [50, 50, 50],
+             config_extra={"config_version": 3})
+    fake_run(tmp_path, "hopper-medium", "td3bc", "plain", 0, 60.0, [60, 60, 60],
+             config_extra={"config_version": 2, "sampling": {"temperature": 0.9}})
+    (pair,) = make_report(tmp_path, reps=100)["pairs"]
+    assert "refused" not in pair and pair["final"]["mean"] == -10.0
+
+
 def test_report_bad_input_is_one_line(tmp_path, capsys):
     with pytest.raises(ReportError, match="no finished run"):
         make_report(tmp_path)

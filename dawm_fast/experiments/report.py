@@ -14,15 +14,17 @@ from pathlib import Path
 
 import numpy as np
 
-from dawm_fast.config import dict_differences, normalized_config_dict
+from dawm_fast.config import SYNTHETIC_DATA_FIELDS, dict_differences, normalized_config_dict
 from dawm_fast.experiments import stats
 
 ARM_ORDER = ("dawm", "plain", "dawm-bc", "dawm-random")
 ARM_COLORS = {"dawm": "tab:blue", "plain": "tab:gray", "dawm-bc": "tab:orange",
               "dawm-random": "tab:red"}
-# Config fields that may differ between the seeds of one cell / the two arms of a pair.
+# Config fields that may differ between the seeds of one cell / the two arms of a pair. The arms
+# differ in the synthetic data alone, so its settings may differ too: a plain run reads none of
+# them (its world-model settings are whatever its config carried, e.g. an older layout's).
 PER_RUN_FIELDS = ("seed", "world_model_dir", "device", "progress_every_s")
-PAIR_FIELDS = PER_RUN_FIELDS + ("synthetic_ratio", "synthetic_actions")
+PAIR_FIELDS = PER_RUN_FIELDS + ("synthetic_ratio", "synthetic_actions") + SYNTHETIC_DATA_FIELDS
 
 
 class ReportError(ValueError):

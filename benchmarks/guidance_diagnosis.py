@@ -1,0 +1,94 @@
+"""Does return guidance bend the world model's dynamics? Fresh generations from one trained world
+model under several return targets, each replayed in the simulator (issue #18).
+
+    python benchmarks/guidance_diagnosis.py SWEEP/wm/<task>_seed<s>_<fingerprint> \
+        --targets 0.7,0.5,own --weights 1.2 --starts 5000 [--json out.json]
+
+A target is a normalized return-to-go g (the pipeline's --target-return) or `own`: each start's
+own discounted return-to-go in the data (what the world model saw beside that state in training).
+For each (target, guidance weight) the same starts are generated and the synthetic transitions
+checked as `value_diagnosis.py` does: terminal flags one step at a time against the simulator,
+and whole windows replayed open loop from their real start. If the model bends physics to meet
+a high target, falls go missing as the target rises above what the start's data reached.
+
+Read-only: the world model directory is not written (normalizers are copied to a temp dir).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from value_diagnosis import data_stats, terminal_check, window_replay
+
+
+def generate(pipe, rows: np.ndarray, g: np.ndarray, weight: float, seed: int) -> dict:
+    from dawm_fast.sampling.generate import generate_transitions
+
+    cfg, ds = pipe.cfg, pipe.dataset
+    model, idm = pipe.load_world_model(), pipe.load_idm()
+    sampling = dataclasses.replace(cfg.sampling, guidance_weight=weight)
+    s0 = torch.as_tensor(pipe.state_norm.normalize(ds.observations[rows]))
+    a0 = torch.as_tensor(ds.actions[rows])
+    syn = generate_transitions(
+        model, idm, s0, a0, torch.as_tensor(g, dtype=torch.float32), pipe.family,
+        pipe.state_norm.unnormalize, lambda r: pipe.reward_norm.unnormalize(r[:, None])[:, 0],
+        sampling, torch.Generator().manual_seed(seed), backend=cfg.backend,
+        first_rewards=ds.rewards[rows])
+    return {k: syn[k] for k in ("observations", "actions", "rewards", "next_observations",
+                                "terminals")}
+
+
+def main(argv=None) -> None:
+    from dawm_fast.config import config_from_dict
+    from dawm_fast.data.windows import discounted_returns_to_go
+    from dawm_fast.pipeline import Pipeline
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("world_model_dir", type=Path)
+    p.add_argument("--targets", default="own,0.5,0.7")
+    p.add_argument("--weights", default="1.2")
+    p.add_argument("--starts", type=int, default=5000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--json", type=Path)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    wm = args.world_model_dir.resolve()
+    cfg = config_from_dict(json.loads((wm / "config.json").read_text()))
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copytree(wm / "normalizers", Path(tmp) / "normalizers")
+        cfg = dataclasses.replace(cfg, world_model_dir=str(wm), backend="reference",
+                                  device="cpu")
+        pipe = Pipeline(cfg, Path(tmp))
+        pipe.stage_data()
+        ds = pipe.dataset
+        own = discounted_returns_to_go(ds.rewards, ds.episode_ends, cfg.gamma) \
+            / pipe.family.rtg_scale
+        rng = np.random.default_rng(args.seed)
+        rows = rng.choice(len(ds), args.starts, replace=False)
+        results = []
+        for weight in (float(w) for w in args.weights.split(",")):
+            for target in args.targets.split(","):
+                g = own[rows] if target == "own" else np.full(len(rows), float(target))
+                syn = generate(pipe, rows, g, weight, args.seed + 4)
+                check_rng = np.random.default_rng(args.seed + 1)
+                res = {"target": target, "guidance_weight": weight,
+                       "target_mean": float(g.mean()), "data": data_stats(syn),
+                       "terminals": terminal_check(cfg.env, syn, 40_000, check_rng),
+                       "window_replay": window_replay(cfg.env, syn, args.starts, check_rng)}
+                print(json.dumps(res), flush=True)
+                results.append(res)
+    if args.json:
+        args.json.write_text(json.dumps({"world_model_dir": str(wm), "starts": args.starts,
+                                         "results": results}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,321 @@
+"""Why does DAWM lose to its base learner? The value side of finished sweep runs (issue #18).
+
+    python benchmarks/value_diagnosis.py SWEEP --env hopper-medium-replay --algo td3bc \
+        --seeds 0,1 [--plain-sweep OTHER_SWEEP] [--episodes 5] [--rows 20000] [--json out.json]
+
+For each seed it reads the DAWM run and the plain run of one sweep cell (`rl/<env>_<algo>_<arm>
+_seed<s>`, their agent.pt) and the DAWM run's synthetic transitions, and prints:
+
+- data: real vs synthetic rows (action size and saturation, reward, terminal rate) and coverage:
+  the distance of a synthetic next state to its nearest real state, beside the same distance for
+  real states of held-out episodes (standardized units);
+- per agent (DAWM and plain), on real and on synthetic rows: Q(s, a), the one-step TD residual
+  Q(s, a) - (r + gamma (1 - d) target) with the agent's own target (TD3+BC: target critic at the
+  target actor's action; IQL: V(s')), the policy's squared distance to the row's action, and for
+  IQL the advantage and AWR weight (the share of the actor's weight a 50/50 batch gives its
+  synthetic rows), and on the real rows of the last 10 steps before a fall (a critic that learned
+  falls values them low);
+- terminals: the synthetic rows' terminal flags against the simulator's on the same (s, a)
+  (falls the world model missed, falls it made up), one step at a time and over whole windows
+  replayed open loop from their real start state;
+- value calibration: the agent's Q(s, pi(s)) on the states its own policy visits in `episodes`
+  fresh episodes, beside the discounted return that followed (states with at least 300 steps of
+  episode left or a termination ahead only, so a cut episode's missing tail cannot bias it). A
+  critic that learned on transitions its policy cannot reach overestimates here.
+
+Everything is read-only; nothing in the run directories changes. Measured with it: RESULTS.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+NEAR_FALL = 10         # steps before a terminal that count as 'near a fall'
+GAMMA_TAIL = 300        # calibration: steps of episode left for a state to count (0.99^300 ~ 0.05)
+
+
+def load_run(run_dir: Path):
+    """(config, agent) of a finished RL run, the agent on the CPU with its final weights."""
+    from dawm_fast import backends
+    from dawm_fast.config import config_from_dict
+    from dawm_fast.run_io import load_checkpoint
+
+    cfg = config_from_dict(json.loads((run_dir / "config.json").read_text()))
+    state = load_checkpoint(run_dir / "agent.pt", "rl", ("agent",))["agent"]
+    obs_dim = len(state["obs_norm"]["mean"])
+    act_dim = _act_dim(state)
+    agent = backends.rl_agent("reference", cfg.algo, obs_dim, act_dim, getattr(cfg, cfg.algo),
+                              "cpu", None, None, seed=cfg.seed, gamma=cfg.gamma,
+                              total_steps=cfg.rl_steps)
+    agent.load_state_dict(state)
+    return cfg, agent
+
+
+def _act_dim(state: dict) -> int:
+    weights = [v for k, v in state["actor"].items() if k.endswith("weight")]
+    return int(weights[-1].shape[0])
+
+
+def transitions(arrays: dict, mean, std, reward_scale: float | None, rows: np.ndarray):
+    from dawm_fast.rl.buffer import Transitions
+
+    t = Transitions.from_numpy(*(np.asarray(arrays[k])[rows] for k in (
+        "observations", "actions", "rewards", "next_observations")),
+        np.asarray(arrays["terminals"])[rows].astype(np.float32)).normalized(mean, std)
+    return t.scaled_rewards(reward_scale) if reward_scale else t
+
+
+@torch.no_grad()
+def agent_on(agent, algo: str, t) -> dict:
+    """Q, TD residual, policy-to-action distance (and IQL's advantage and AWR weight) on rows t
+    (observations standardized, rewards as the agent trained on them)."""
+    from dawm_fast.rl.iql import awr_weights
+
+    obs, act, nxt = t.observations, t.actions, t.next_observations
+    if algo == "td3bc":
+        q = torch.min(*agent.critic(obs, act))
+        target = torch.min(*agent.critic_target(nxt, agent.actor_target(nxt)))
+        pi = agent.actor(obs)
+        q_pi = torch.min(*agent.critic(obs, pi))
+        out = {}
+    else:
+        q = torch.min(*agent.qf(obs, act))
+        target = agent.vf(nxt)
+        pi = agent.actor(obs) if agent.cfg.deterministic_actor else agent.actor.mean_action(obs)
+        q_pi = torch.min(*agent.qf(obs, pi))
+        adv = torch.min(*agent.q_target(obs, act)) - agent.vf(obs)
+        w = awr_weights(adv, agent.cfg.beta, agent.cfg.max_exp_adv)
+        out = {"advantage": float(adv.mean()), "awr_weight": float(w.mean()),
+               "awr_weight_at_cap": float((w >= agent.cfg.max_exp_adv).float().mean())}
+    residual = q - (t.rewards + (1.0 - t.terminals) * agent.gamma * target)
+    out.update(q=float(q.mean()), q_pi_minus_q=float((q_pi - q).mean()),
+               td_residual=float(residual.mean()), td_rms=float(residual.square().mean().sqrt()),
+               policy_action_mse=float((pi - act).square().mean()))
+    return out
+
+
+def rollout_calibration(agent, algo: str, env_id: str, episodes: int, seed: int,
+                        gamma: float, reward_scale: float | None) -> dict:
+    """Mean Q(s, pi(s)) over visited states vs the discounted return that followed them."""
+    from dawm_fast.evaluation.rollout import make_env
+
+    env = make_env(env_id)
+    qs, gs, returns = [], [], []
+    try:
+        for i in range(episodes):
+            obs, _ = env.reset(seed=seed + i)
+            states, rewards, terminated, done = [], [], False, False
+            while not done:
+                states.append(obs)
+                obs, r, terminated, truncated, _ = env.step(agent.act(obs[None])[0])
+                rewards.append(float(r))
+                done = terminated or truncated
+            rewards = np.asarray(rewards) * (reward_scale or 1.0)
+            g = np.zeros(len(rewards))
+            run = 0.0
+            for k in range(len(rewards) - 1, -1, -1):
+                run = rewards[k] + gamma * run
+                g[k] = run
+            keep = np.arange(len(rewards)) if terminated else np.arange(
+                max(0, len(rewards) - GAMMA_TAIL))
+            returns.append(float(np.sum(rewards) / (reward_scale or 1.0)))
+            if len(keep) == 0:
+                continue
+            with torch.no_grad():
+                x = agent.obs_norm(torch.as_tensor(np.asarray(states, np.float32)[keep]))
+                a = torch.as_tensor(agent.act(np.asarray(states, np.float32)[keep]))
+                critic = agent.critic if algo == "td3bc" else agent.qf
+                qs.append(torch.min(*critic(x, a)).numpy())
+            gs.append(g[keep])
+    finally:
+        env.close()
+    q, g = (np.concatenate(v) if v else np.zeros(0) for v in (qs, gs))
+    return {"episodes": episodes, "return_mean": float(np.mean(returns)), "states": int(q.size),
+            "q_pi": float(q.mean()) if q.size else None,
+            "discounted_return": float(g.mean()) if g.size else None,
+            "overestimate": float((q - g).mean()) if q.size else None}
+
+
+def coverage(real_obs: np.ndarray, episode_ends: np.ndarray, syn_next: np.ndarray,
+             mean, std, n_query: int, rng: np.random.Generator) -> dict:
+    """Nearest-real-state distance (standardized) of synthetic next states vs of real states of
+    held-out episodes (odd episodes queried against even ones; synthetic against even ones too)."""
+    episode = np.concatenate([[0], np.cumsum(episode_ends[:-1])])
+    ref = torch.as_tensor((real_obs[episode % 2 == 0] - mean) / std)
+    held = (real_obs[episode % 2 == 1] - mean) / std
+    syn = (syn_next - mean) / std
+
+    def nearest(x: np.ndarray) -> np.ndarray:
+        x = torch.as_tensor(x[rng.choice(len(x), min(n_query, len(x)), replace=False)])
+        return torch.cat([torch.cdist(c, ref).min(1).values for c in x.split(256)]).numpy()
+
+    d_held, d_syn = nearest(held), nearest(syn)
+    return {"held_out_real": _quantiles(d_held), "synthetic_next": _quantiles(d_syn)}
+
+
+def _quantiles(d: np.ndarray) -> dict:
+    return {"mean": float(d.mean()), "median": float(np.median(d)),
+            "p90": float(np.quantile(d, 0.9))}
+
+
+def near_fall_rows(ds) -> np.ndarray:
+    """Rows within NEAR_FALL steps before (and at) a terminal transition of the same episode."""
+    terminal = np.flatnonzero(ds.terminals)
+    ends = ds.episode_ends
+    rows = []
+    for t in terminal:
+        lo = t
+        while lo > t - NEAR_FALL + 1 and lo > 0 and not ends[lo - 1]:
+            lo -= 1
+        rows.append(np.arange(lo, t + 1))
+    return np.unique(np.concatenate(rows)) if rows else np.zeros(0, np.int64)
+
+
+def terminal_check(env: str, syn: dict, n: int, rng: np.random.Generator) -> dict:
+    """Synthetic terminal flags vs the simulator's on n synthetic (s, a) whose observation pins
+    down the state (shares of the checked rows)."""
+    from dawm_fast.data.tasks import env_family
+    from dawm_fast.evaluation.dynamics_check import pins_down_state, simulate
+
+    family = env_family(env)
+    idx = rng.choice(len(syn["rewards"]), min(n, len(syn["rewards"])), replace=False)
+    idx = idx[pins_down_state(family, syn["observations"][idx])]
+    _, _, sim = simulate(family, syn["observations"][idx], syn["actions"][idx])
+    labelled = syn["terminals"][idx] > 0.5
+    return {"rows": int(idx.size), "labelled": float(labelled.mean()),
+            "simulator": float(sim.mean()), "missed_falls": float((sim & ~labelled).mean()),
+            "made_up_falls": float((~sim & labelled).mean())}
+
+
+def window_replay(env: str, syn: dict, n: int, rng: np.random.Generator) -> dict:
+    """Replay whole synthetic windows open loop: from the window's real start state, the
+    simulator takes the window's actions one after another (stopping where it falls). A
+    one-step check (dynamics_check) starts every step from the model's own state; this one lets
+    the model's small errors compound as they do for a critic that chains the window's values,
+    and asks whether they lean one way: falls the window leaves out, return it adds."""
+    from dawm_fast.data.tasks import env_family
+    from dawm_fast.evaluation.dynamics_check import pins_down_state, window_positions
+    from dawm_fast.evaluation.rollout import make_env
+
+    family = env_family(env)
+    pos = window_positions(syn["observations"], syn["next_observations"])
+    starts = np.flatnonzero(pos == 0)
+    stops = np.append(starts[1:], len(pos))                        # one past each window's end
+    pick = rng.choice(len(starts), min(n, len(starts)), replace=False)
+    pick = pick[pins_down_state(family, syn["observations"][starts[pick]])]
+    sim_env = make_env(family.gym_id_v5)
+    sim_env.reset(seed=0)
+    sim = sim_env.unwrapped
+    nq = sim.model.nq
+    syn_fell, sim_fell, syn_ret, sim_ret, steps = [], [], [], [], []
+    try:
+        for w in pick:
+            lo, hi = starts[w], stops[w]
+            obs0 = syn["observations"][lo]
+            sim.set_state(np.concatenate([[0.0], obs0[:nq - 1]]), obs0[nq - 1:])
+            fell, ret = False, 0.0
+            for k in range(lo, hi):
+                _, r, terminated, _, _ = sim_env.step(syn["actions"][k])
+                ret += float(r)
+                if terminated:
+                    fell = True
+                    break
+            syn_fell.append(bool(syn["terminals"][hi - 1] > 0.5))
+            sim_fell.append(fell)
+            syn_ret.append(float(np.sum(syn["rewards"][lo:hi])))
+            sim_ret.append(ret)
+            steps.append(hi - lo)
+    finally:
+        sim_env.close()
+    syn_fell, sim_fell = np.asarray(syn_fell), np.asarray(sim_fell)
+    syn_ret, sim_ret = np.asarray(syn_ret), np.asarray(sim_ret)
+    return {"windows": int(len(pick)), "mean_steps": float(np.mean(steps)),
+            "synthetic_falls": float(syn_fell.mean()), "simulator_falls": float(sim_fell.mean()),
+            "falls_left_out": float((sim_fell & ~syn_fell).mean()),
+            "falls_made_up": float((~sim_fell & syn_fell).mean()),
+            "return_added": float((syn_ret - sim_ret).mean()),
+            "return_added_where_simulator_falls": (
+                float((syn_ret - sim_ret)[sim_fell].mean()) if sim_fell.any() else None)}
+
+
+def data_stats(arrays: dict) -> dict:
+    a = np.asarray(arrays["actions"])
+    return {"rows": int(len(a)), "action_abs": float(np.abs(a).mean()),
+            "action_saturated": float((np.abs(a) > 0.99).mean()),
+            "reward_mean": float(np.mean(arrays["rewards"])),
+            "reward_std": float(np.std(arrays["rewards"])),
+            "terminal_rate": float(np.mean(arrays["terminals"]))}
+
+
+def diagnose_seed(sweep: Path, env: str, algo: str, seed: int, rows: int, episodes: int,
+                  plain_sweep: Path | None = None) -> dict:
+    from dawm_fast.data.loader import load_dataset
+    from dawm_fast.rl.buffer import compute_obs_stats, iql_reward_scale
+
+    runs = {arm: ((plain_sweep or sweep) if arm == "plain" else sweep) / "rl" /
+            f"{env}_{algo}_{arm}_seed{seed}" for arm in ("dawm", "plain")}
+    agents = {arm: load_run(d) for arm, d in runs.items()}
+    cfg = agents["dawm"][0]
+    if cfg.episode_fraction < 1.0 or cfg.max_transitions is not None:
+        raise SystemExit(f"{runs['dawm']}: a subset run (episode_fraction/max_transitions); "
+                         "this script reads the whole dataset only")
+    ds = load_dataset(env, source=cfg.data_source, path=cfg.data_path)
+    real = {k: getattr(ds, k) for k in ("observations", "actions", "rewards",
+                                        "next_observations", "terminals")}
+    syn = dict(np.load(sweep / cfg.world_model_dir / "synthetic.npz"))
+    mean, std = compute_obs_stats(ds.observations)
+    scale = (iql_reward_scale(ds.rewards, ds.episode_ends)
+             if algo == "iql" and cfg.iql.normalize_reward else None)
+    rng = np.random.default_rng(seed)
+    sets = {name: transitions(arrs, mean, std, scale,
+                              rng.choice(len(arrs["rewards"]), min(rows, len(arrs["rewards"])),
+                                         replace=False))
+            for name, arrs in (("real", real), ("synthetic", syn))}
+    # Where the data says the hopper/walker falls: the last NEAR_FALL steps of every episode that
+    # ends in a terminal. A critic that learned falls values these low.
+    sets["real_near_fall"] = transitions(real, mean, std, scale, near_fall_rows(ds))
+    out = {"seed": seed, "data": {"real": data_stats(real), "synthetic": data_stats(syn)},
+           "coverage": coverage(ds.observations, ds.episode_ends, syn["next_observations"],
+                                mean, std, 2000, rng),
+           "terminals": terminal_check(env, syn, 40_000, rng),
+           "window_replay": window_replay(env, syn, 10_000, rng)}
+    for arm, (run_cfg, agent) in agents.items():
+        score = json.loads((runs[arm] / "results.json").read_text()).get("final_score_mean")
+        out[arm] = {"final_score": score,
+                    **{name: agent_on(agent, algo, t) for name, t in sets.items()},
+                    "calibration": rollout_calibration(agent, algo, ds.eval_env_id, episodes,
+                                                       20_000 + seed * 100, run_cfg.gamma, scale)}
+    return out
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("sweep", type=Path)
+    p.add_argument("--env", required=True)
+    p.add_argument("--algo", required=True, choices=("td3bc", "iql"))
+    p.add_argument("--seeds", default="0")
+    p.add_argument("--plain-sweep", type=Path,
+                   help="the sweep holding the plain runs (default: SWEEP)")
+    p.add_argument("--rows", type=int, default=20_000, help="real and synthetic rows sampled")
+    p.add_argument("--episodes", type=int, default=5, help="calibration episodes per agent")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--json", type=Path, help="also write every seed's numbers here")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    results = []
+    for seed in (int(s) for s in args.seeds.split(",")):
+        res = diagnose_seed(args.sweep, args.env, args.algo, seed, args.rows, args.episodes,
+                            args.plain_sweep)
+        print(json.dumps(res), flush=True)
+        results.append(res)
+    if args.json:
+        args.json.write_text(json.dumps({"env": args.env, "algo": args.algo, "seeds": results},
+                                        indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
