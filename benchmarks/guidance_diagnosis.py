@@ -7,8 +7,8 @@ model under several return targets, each replayed in the simulator (issue #18).
 A target is a normalized return-to-go g (the pipeline's --target-return) or `own`: each start's
 own discounted return-to-go in the data (what the world model saw beside that state in training).
 For each (target, guidance weight) the same starts are generated and the synthetic transitions
-checked as `value_diagnosis.py` does: terminal flags one step at a time against the simulator,
-and whole windows replayed open loop from their real start. If the model bends physics to meet
+checked in the simulator (dawm_fast.evaluation.dynamics_check: falls missed and made up, one step
+at a time and over whole windows replayed open loop from their real start). If the model bends physics to meet
 a high target, falls go missing as the target rises above what the start's data reached.
 
 Read-only: the world model directory is not written (normalizers are copied to a temp dir).
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from value_diagnosis import data_stats, terminal_check, window_replay
+from value_diagnosis import data_stats, synthetic_check
 
 
 def generate(pipe, rows: np.ndarray, g: np.ndarray, weight: float, seed: int) -> dict:
@@ -69,6 +69,8 @@ def main(argv=None) -> None:
         pipe = Pipeline(cfg, Path(tmp))
         pipe.stage_data()
         ds = pipe.dataset
+        real = {k: getattr(ds, k) for k in ("observations", "actions", "rewards",
+                                            "next_observations", "terminals")}
         own = discounted_returns_to_go(ds.rewards, ds.episode_ends, cfg.gamma) \
             / pipe.family.rtg_scale
         rng = np.random.default_rng(args.seed)
@@ -78,11 +80,9 @@ def main(argv=None) -> None:
             for target in args.targets.split(","):
                 g = own[rows] if target == "own" else np.full(len(rows), float(target))
                 syn = generate(pipe, rows, g, weight, args.seed + 4)
-                check_rng = np.random.default_rng(args.seed + 1)
                 res = {"target": target, "guidance_weight": weight,
                        "target_mean": float(g.mean()), "data": data_stats(syn),
-                       "terminals": terminal_check(cfg.env, syn, 40_000, check_rng),
-                       "window_replay": window_replay(cfg.env, syn, args.starts, check_rng)}
+                       "simulator": synthetic_check(cfg.env, syn, real, args.seed + 1)}
                 print(json.dumps(res), flush=True)
                 results.append(res)
     if args.json:

@@ -15,9 +15,9 @@ _seed<s>`, their agent.pt) and the DAWM run's synthetic transitions, and prints:
   IQL the advantage and AWR weight (the share of the actor's weight a 50/50 batch gives its
   synthetic rows), and on the real rows of the last 10 steps before a fall (a critic that learned
   falls values them low);
-- terminals: the synthetic rows' terminal flags against the simulator's on the same (s, a)
-  (falls the world model missed, falls it made up), one step at a time and over whole windows
-  replayed open loop from their real start state;
+- the simulator check of the synthetic rows (dawm_fast.evaluation.dynamics_check): state and
+  reward errors, falls missed and made up one step at a time and over whole windows replayed open
+  loop from their real start state;
 - value calibration: the agent's Q(s, pi(s)) on the states its own policy visits in `episodes`
   fresh episodes, beside the discounted return that followed (states with at least 300 steps of
   episode left or a termination ahead only, so a cut episode's missing tail cannot bias it). A
@@ -175,71 +175,13 @@ def near_fall_rows(ds) -> np.ndarray:
     return np.unique(np.concatenate(rows)) if rows else np.zeros(0, np.int64)
 
 
-def terminal_check(env: str, syn: dict, n: int, rng: np.random.Generator) -> dict:
-    """Synthetic terminal flags vs the simulator's on n synthetic (s, a) whose observation pins
-    down the state (shares of the checked rows)."""
+def synthetic_check(env: str, syn: dict, real: dict, seed: int, n: int = 20_000) -> dict:
+    """dynamics_check on n synthetic rows and windows: errors, falls missed and made up."""
     from dawm_fast.data.tasks import env_family
-    from dawm_fast.evaluation.dynamics_check import pins_down_state, simulate
+    from dawm_fast.evaluation.dynamics_check import check
 
-    family = env_family(env)
-    idx = rng.choice(len(syn["rewards"]), min(n, len(syn["rewards"])), replace=False)
-    idx = idx[pins_down_state(family, syn["observations"][idx])]
-    _, _, sim = simulate(family, syn["observations"][idx], syn["actions"][idx])
-    labelled = syn["terminals"][idx] > 0.5
-    return {"rows": int(idx.size), "labelled": float(labelled.mean()),
-            "simulator": float(sim.mean()), "missed_falls": float((sim & ~labelled).mean()),
-            "made_up_falls": float((~sim & labelled).mean())}
-
-
-def window_replay(env: str, syn: dict, n: int, rng: np.random.Generator) -> dict:
-    """Replay whole synthetic windows open loop: from the window's real start state, the
-    simulator takes the window's actions one after another (stopping where it falls). A
-    one-step check (dynamics_check) starts every step from the model's own state; this one lets
-    the model's small errors compound as they do for a critic that chains the window's values,
-    and asks whether they lean one way: falls the window leaves out, return it adds."""
-    from dawm_fast.data.tasks import env_family
-    from dawm_fast.evaluation.dynamics_check import pins_down_state, window_positions
-    from dawm_fast.evaluation.rollout import make_env
-
-    family = env_family(env)
-    pos = window_positions(syn["observations"], syn["next_observations"])
-    starts = np.flatnonzero(pos == 0)
-    stops = np.append(starts[1:], len(pos))                        # one past each window's end
-    pick = rng.choice(len(starts), min(n, len(starts)), replace=False)
-    pick = pick[pins_down_state(family, syn["observations"][starts[pick]])]
-    sim_env = make_env(family.gym_id_v5)
-    sim_env.reset(seed=0)
-    sim = sim_env.unwrapped
-    nq = sim.model.nq
-    syn_fell, sim_fell, syn_ret, sim_ret, steps = [], [], [], [], []
-    try:
-        for w in pick:
-            lo, hi = starts[w], stops[w]
-            obs0 = syn["observations"][lo]
-            sim.set_state(np.concatenate([[0.0], obs0[:nq - 1]]), obs0[nq - 1:])
-            fell, ret = False, 0.0
-            for k in range(lo, hi):
-                _, r, terminated, _, _ = sim_env.step(syn["actions"][k])
-                ret += float(r)
-                if terminated:
-                    fell = True
-                    break
-            syn_fell.append(bool(syn["terminals"][hi - 1] > 0.5))
-            sim_fell.append(fell)
-            syn_ret.append(float(np.sum(syn["rewards"][lo:hi])))
-            sim_ret.append(ret)
-            steps.append(hi - lo)
-    finally:
-        sim_env.close()
-    syn_fell, sim_fell = np.asarray(syn_fell), np.asarray(sim_fell)
-    syn_ret, sim_ret = np.asarray(syn_ret), np.asarray(sim_ret)
-    return {"windows": int(len(pick)), "mean_steps": float(np.mean(steps)),
-            "synthetic_falls": float(syn_fell.mean()), "simulator_falls": float(sim_fell.mean()),
-            "falls_left_out": float((sim_fell & ~syn_fell).mean()),
-            "falls_made_up": float((~sim_fell & syn_fell).mean()),
-            "return_added": float((syn_ret - sim_ret).mean()),
-            "return_added_where_simulator_falls": (
-                float((syn_ret - sim_ret)[sim_fell].mean()) if sim_fell.any() else None)}
+    rep = check(env_family(env), syn, real, n, seed)
+    return {k: rep[k] for k in ("synthetic", "real_fall_rate", "windows")}
 
 
 def data_stats(arrays: dict) -> dict:
@@ -281,8 +223,7 @@ def diagnose_seed(sweep: Path, env: str, algo: str, seed: int, rows: int, episod
     out = {"seed": seed, "data": {"real": data_stats(real), "synthetic": data_stats(syn)},
            "coverage": coverage(ds.observations, ds.episode_ends, syn["next_observations"],
                                 mean, std, 2000, rng),
-           "terminals": terminal_check(env, syn, 40_000, rng),
-           "window_replay": window_replay(env, syn, 10_000, rng)}
+           "simulator": synthetic_check(env, syn, real, seed)}
     for arm, (run_cfg, agent) in agents.items():
         score = json.loads((runs[arm] / "results.json").read_text()).get("final_score_mean")
         out[arm] = {"final_score": score,

@@ -388,8 +388,10 @@ class Pipeline:
         print(f"[generation] simulator replay (diagnostic, not used for training): synthetic "
               f"next states off the true dynamics by {s['state_error']:.4f} (standardized MSE; "
               f"'nothing moves' {rep['still_error']:.4f}, real data 0), reward RMSE "
-              f"{s['reward_rmse']:.4f} (real reward std {rep['real_reward_std']:.4f}); "
-              f"dynamics_check.json has it by window step", flush=True)
+              f"{s['reward_rmse']:.4f} (real reward std {rep['real_reward_std']:.4f}); falls "
+              f"per step {s['falls']:.2%} (real data {rep['real_fall_rate']:.2%}; against the "
+              f"simulator {s['missed_falls']:.2%} missed, {s['made_up_falls']:.2%} made up); "
+              f"dynamics_check.json has it by window step and over whole windows", flush=True)
         self.metrics.log("generation", len(syn["rewards"]), replay_state_error=s["state_error"],
                          replay_still_error=rep["still_error"],
                          replay_reward_rmse=s["reward_rmse"])

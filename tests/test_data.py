@@ -181,11 +181,17 @@ def brute_force_windows(ds, T, gamma, scale):
     return out
 
 
-def test_windows_and_return_to_go_match_brute_force(rng):
-    eps = random_episodes(rng, 12, 5, 2, min_len=2, max_len=30)
+def window_test_data(rng):
+    """Short random episodes, some ending in a terminal, some cut by time; window settings."""
     from dawm_fast.data.dataset import from_episodes
-    ds = from_episodes("hopper-medium", eps, "test", "Hopper-v5")
-    T, gamma, scale = 8, 0.99, 400.0
+    eps = random_episodes(rng, 12, 5, 2, min_len=2, max_len=30)
+    for ep, fell in zip(eps, (True, False)):          # at least one end of each kind
+        ep["terminations"][-1], ep["truncations"][-1] = fell, not fell
+    return from_episodes("hopper-medium", eps, "test", "Hopper-v5"), 8, 0.99, 400.0
+
+
+def test_windows_and_return_to_go_match_brute_force(rng):
+    ds, T, gamma, scale = window_test_data(rng)
     w = make_windows(ds, T, gamma, scale, past_falls=False)
     expected = brute_force_windows(ds, T, gamma, scale)
     assert [int(s) for s in w.start_index] == [t for t, _ in expected]
@@ -201,10 +207,7 @@ def test_windows_and_return_to_go_match_brute_force(rng):
 
 
 def test_windows_run_past_falls_with_the_fallen_state(rng):
-    eps = random_episodes(rng, 12, 5, 2, min_len=2, max_len=30)
-    from dawm_fast.data.dataset import from_episodes
-    ds = from_episodes("hopper-medium", eps, "test", "Hopper-v5")
-    T, gamma, scale = 8, 0.99, 400.0
+    ds, T, gamma, scale = window_test_data(rng)
     inside = make_windows(ds, T, gamma, scale, past_falls=False)
     w = make_windows(ds, T, gamma, scale)
     ends = np.flatnonzero(ds.episode_ends)

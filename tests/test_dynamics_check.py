@@ -6,7 +6,7 @@ import pytest
 
 from dawm_fast.data.tasks import env_family
 from dawm_fast.evaluation.dynamics_check import (check, pins_down_state, simulate,
-                                                 window_positions)
+                                                 window_falls, window_positions)
 from dawm_fast.evaluation.rollout import make_env
 
 
@@ -80,3 +80,21 @@ def test_check_scores_real_as_floor_and_perturbed_as_wrong(seed):
     assert rep["synthetic"]["reward_rmse"] == pytest.approx(0.5, abs=1e-6)
     assert sum(s["n"] for s in rep["synthetic_by_window_step"].values()) == \
         rep["synthetic"]["n"] <= 200
+
+
+def test_falls_left_out_are_counted_one_step_and_over_windows(seed):
+    fam = env_family("hopper")
+    real = rollout("hopper", 600, seed)          # a random hopper falls every few dozen steps
+    assert real["terminals"].sum() >= 2
+    # real episodes as windows: replayed open loop they fall exactly where the data does
+    exact = window_falls(fam, real, 1000, np.random.default_rng(seed))
+    assert exact["n"] >= 2 and exact["falls"] == exact["simulator_falls"] > 0
+    assert exact["falls_left_out"] == exact["falls_made_up"] == 0
+    assert abs(exact["return_added"]) < 1e-9
+    # the same data with its falls unlabelled: every fall is left out, one step and per window
+    hidden = dict(real, terminals=np.zeros_like(real["terminals"]))
+    rep = check(fam, hidden, real, n=600, seed=seed)
+    assert rep["synthetic"]["falls"] == 0 and rep["real_fall_rate"] > 0
+    assert rep["synthetic"]["missed_falls"] > 0 and rep["synthetic"]["made_up_falls"] == 0
+    assert rep["windows"]["falls_left_out"] == rep["windows"]["simulator_falls"] > 0
+    assert rep["real_floor"]["missed_falls"] == rep["real_floor"]["made_up_falls"] == 0
