@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from dawm_fast.experiments.grid import (ARMS, GridError, Job, SweepSettings, check_settings,
-                                        expand_tasks, plan)
+                                        expand_tasks, plan, saved_settings)
 from dawm_fast.run_io import format_duration, die
 
 
@@ -128,10 +128,7 @@ def sweep_backend(args) -> str:
     directory was made with, else auto."""
     requested = args.backend
     if requested is None:
-        try:
-            requested = json.loads((args.out / "sweep.json").read_text())["settings"]["backend"]
-        except (OSError, ValueError, KeyError, TypeError):
-            requested = "auto"
+        requested = (saved_settings(args.out) or {}).get("backend") or "auto"
     import torch
     from dawm_fast.backends import BackendUnavailable, resolve_backend
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -160,6 +160,12 @@ def test_dry_run_bad_input_and_other_settings(store, tmp_path, capsys, monkeypat
         sweep.main(grid_args(out))
     err = capsys.readouterr().err
     assert "made with other settings" in err and "preset: 'cpu' there vs 'smoke' now" in err
+    # an unreadable record: one line naming the file, before the backend is even resolved
+    (out / "sweep.json").write_text("{not json")
+    with pytest.raises(SystemExit):
+        sweep.main(grid_args(out))
+    err = capsys.readouterr().err
+    assert "sweep.json is unreadable" in err and len(err.strip().splitlines()) == 1, err
     # Ray missing: one line that says how to get it
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(SystemExit):

@@ -151,16 +151,27 @@ def plan(tasks: list[str], algos: list[str], arms: list[str], seeds: list[int],
     return jobs
 
 
+def saved_settings(sweep_dir: Path) -> dict | None:
+    """The settings a sweep directory was made with (sweep.json); None for a new directory."""
+    path = sweep_dir / "sweep.json"
+    if not path.exists():
+        return None
+    try:
+        saved = json.loads(path.read_text())["settings"]
+        if not isinstance(saved, dict):
+            raise TypeError
+    except (OSError, ValueError, KeyError, TypeError):
+        raise GridError(f"{path} is unreadable; delete it to start the sweep's record "
+                        f"anew, or choose another --out") from None
+    return saved
+
+
 def check_settings(sweep_dir: Path, settings: SweepSettings, force: bool) -> None:
     """Refuse a sweep directory made with other settings (naming the difference) unless forced;
     record the settings on first use."""
     path = sweep_dir / "sweep.json"
-    if path.exists():
-        try:
-            saved = json.loads(path.read_text())["settings"]
-        except (OSError, ValueError, KeyError):
-            raise GridError(f"{path} is unreadable; delete it to start the sweep's record "
-                            f"anew, or choose another --out") from None
+    saved = saved_settings(sweep_dir)
+    if saved is not None:
         now = dataclasses.asdict(settings)
         now["overrides"] = list(now["overrides"])
         diff = [d.replace(" vs ", " there vs ", 1) + " now"
