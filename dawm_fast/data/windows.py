@@ -74,12 +74,11 @@ def make_windows(ds: OfflineDataset, horizon: int, gamma: float, rtg_scale: floa
     past = idx > last[:, None]                              # [M, T] after the fall (past_falls)
     idx = np.minimum(idx, last[:, None])
     rtg = discounted_returns_to_go(ds.rewards, ends, gamma)
-    states = ds.observations[idx]
-    rewards = ds.rewards[idx]
-    if past.any():
-        fallen = np.broadcast_to(ds.next_observations[last][:, None], states.shape)
-        states = np.where(past[..., None], fallen, states)
-        rewards = np.where(past, np.float32(0), rewards)
+    states = ds.observations[idx]                          # [M, T, obs] (a copy: gathered)
+    rewards = ds.rewards[idx]                              # [M, T]
+    window, step = np.nonzero(past)
+    states[window, step] = ds.next_observations[last[window]]   # the fallen state, held
+    rewards[window, step] = 0.0
     return TrajectoryWindows(
         states=states,
         first_actions=ds.actions[starts],
