@@ -109,8 +109,20 @@ def test_a_plain_run_pairs_whatever_its_world_model_settings(tmp_path):
              config_extra={"config_version": 3})
     fake_run(tmp_path, "hopper-medium", "td3bc", "plain", 0, 60.0, [60, 60, 60],
              config_extra={"config_version": 2, "sampling": {"temperature": 0.9}})
-    (pair,) = make_report(tmp_path, reps=100)["pairs"]
-    assert "refused" not in pair and pair["final"]["mean"] == -10.0
+    # nor from sharing a cell with a plain run of another layout
+    fake_run(tmp_path, "hopper-medium", "td3bc", "plain", 1, 60.0, [60, 60, 60],
+             config_extra={"config_version": 3})
+    fake_run(tmp_path, "hopper-medium", "td3bc", "dawm", 1, 50.0, [50, 50, 50],
+             config_extra={"config_version": 3})
+    rep = make_report(tmp_path, reps=100)
+    assert [c["refused"] for c in rep["cells"]] == [[], []]
+    (pair,) = rep["pairs"]
+    assert "refused" not in pair and pair["final"]["mean"] == -10.0 and pair["seeds"] == [0, 1]
+    # a DAWM cell whose world models differ is still refused
+    fake_run(tmp_path, "hopper-medium", "td3bc", "dawm", 2, 50.0, [50, 50, 50],
+             config_extra={"config_version": 2})
+    dawm = [c for c in make_report(tmp_path, reps=100)["cells"] if c["arm"] == "dawm"][0]
+    assert "windows_past_falls" in dawm["refused"][0]
 
 
 def test_report_bad_input_is_one_line(tmp_path, capsys):

@@ -21,8 +21,9 @@ ARM_ORDER = ("dawm", "plain", "dawm-bc", "dawm-random")
 ARM_COLORS = {"dawm": "tab:blue", "plain": "tab:gray", "dawm-bc": "tab:orange",
               "dawm-random": "tab:red"}
 # Config fields that may differ between the seeds of one cell / the two arms of a pair. The arms
-# differ in the synthetic data alone, so its settings may differ too: a plain run reads none of
-# them (its world-model settings are whatever its config carried, e.g. an older layout's).
+# differ in the synthetic data alone, so its settings may differ too; and between the seeds of a
+# plain cell: a plain run reads none of them (its world-model settings are whatever its config
+# carried, e.g. an older layout's).
 PER_RUN_FIELDS = ("seed", "world_model_dir", "device", "progress_every_s")
 PAIR_FIELDS = PER_RUN_FIELDS + ("synthetic_ratio", "synthetic_actions") + SYNTHETIC_DATA_FIELDS
 
@@ -151,9 +152,10 @@ def build_cells(runs: list[Run]) -> list[Cell]:
     cells = []
     for (task, algo, arm), members in sorted(groups.items()):
         cell = Cell(task, algo, arm, sorted(members, key=lambda r: r.results["seed"]))
-        ref = cell.runs[0].settings()
+        ignore = PER_RUN_FIELDS + (SYNTHETIC_DATA_FIELDS if arm == "plain" else ())
+        ref = cell.runs[0].settings(ignore)
         for other in cell.runs[1:]:
-            diff = _setting_differences(ref, other.settings())
+            diff = _setting_differences(ref, other.settings(ignore))
             if diff:
                 cell.refused.append(f"{cell.runs[0].path.name} vs {other.path.name}: "
                                     + "; ".join(diff[:4]))
