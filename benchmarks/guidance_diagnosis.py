@@ -28,11 +28,11 @@ import torch
 from value_diagnosis import data_stats, synthetic_check
 
 
-def generate(pipe, rows: np.ndarray, g: np.ndarray, weight: float, seed: int) -> dict:
+def generate(pipe, model, idm, rows: np.ndarray, g: np.ndarray, weight: float,
+             seed: int) -> dict:
     from dawm_fast.sampling.generate import generate_transitions
 
     cfg, ds = pipe.cfg, pipe.dataset
-    model, idm = pipe.load_world_model(), pipe.load_idm()
     sampling = dataclasses.replace(cfg.sampling, guidance_weight=weight)
     s0 = torch.as_tensor(pipe.state_norm.normalize(ds.observations[rows]))
     a0 = torch.as_tensor(ds.actions[rows])
@@ -75,11 +75,12 @@ def main(argv=None) -> None:
             / pipe.family.rtg_scale
         rng = np.random.default_rng(args.seed)
         rows = rng.choice(len(ds), args.starts, replace=False)
+        model, idm = pipe.load_world_model(), pipe.load_idm()      # once for every variant
         results = []
         for weight in (float(w) for w in args.weights.split(",")):
             for target in args.targets.split(","):
                 g = own[rows] if target == "own" else np.full(len(rows), float(target))
-                syn = generate(pipe, rows, g, weight, args.seed + 4)
+                syn = generate(pipe, model, idm, rows, g, weight, args.seed + 4)
                 res = {"target": target, "guidance_weight": weight,
                        "target_mean": float(g.mean()), "data": data_stats(syn),
                        "simulator": synthetic_check(cfg.env, syn, real, args.seed + 1)}

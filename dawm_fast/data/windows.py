@@ -69,7 +69,8 @@ def make_windows(ds: OfflineDataset, horizon: int, gamma: float, rtg_scale: floa
                  past_falls: bool = True) -> TrajectoryWindows:
     ends = ds.episode_ends
     starts = window_starts(ends, horizon, ds.terminals if past_falls else None)
-    last = np.flatnonzero(ends)[np.searchsorted(np.flatnonzero(ends), starts)]  # [M] episode end
+    end_rows = np.flatnonzero(ends)
+    last = end_rows[np.searchsorted(end_rows, starts)]     # [M] the row ending t's episode
     idx = starts[:, None] + np.arange(horizon)[None, :]     # [M, T]
     past = idx > last[:, None]                              # [M, T] after the fall (past_falls)
     idx = np.minimum(idx, last[:, None])
