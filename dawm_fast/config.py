@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, field
 
 from dawm_fast.data.normalizers import CDFNormalizer, GaussianNormalizer
+from dawm_fast.data.windows import PAST_FALL_REWARDS
 from dawm_fast.data.tasks import parse_task
 from dawm_fast.rl.iql import IQLConfig, iql_config_for
 from dawm_fast.rl.td3bc import TD3BCConfig
@@ -105,6 +106,10 @@ class PipelineConfig:
     # never sees a fallen state, and its synthetic windows fall about half as often as the data
     # (hopper-medium-replay, benchmarks/RESULTS.md). Runs saved before layout 3 trained without.
     windows_past_falls: bool = True
+    # The reward of the steps after the fall in those windows: "zero" (an absorbing state's) or
+    # "hold" (the falling step's own). Generation cuts a window at its fall, so these rewards are
+    # never used; they only shape what the reward channel learns (see data.windows).
+    past_fall_reward: str = "zero"
     # steps, batch, learning rate, EMA, bf16 autocast and checkpoint cadence of its training
     wm_training: WorldModelTrainerConfig = field(default_factory=WorldModelTrainerConfig)
     # -- generation ------------------------------------------------------------------------------
@@ -154,7 +159,7 @@ class PipelineConfig:
 # world_model, generation) produce: two configs that agree on WORLD_MODEL_FIELDS make the same
 # world model and synthetic data, whatever their algorithm, synthetic ratio or RL settings.
 SYNTHETIC_DATA_FIELDS = ("idm", "state_normalizer", "world_model", "windows_past_falls",
-                         "wm_training", "sampling", "n_synthetic_starts", "target_return")
+                         "past_fall_reward", "wm_training", "sampling", "n_synthetic_starts", "target_return")
 WORLD_MODEL_FIELDS = ("env", "seed", "backend", "data_source", "data_path", "max_transitions",
                       "episode_fraction", "gamma") + SYNTHETIC_DATA_FIELDS
 
@@ -170,6 +175,8 @@ def world_model_fingerprint(cfg: "PipelineConfig") -> str:
     key.update({old: d["wm_training"][new] for old, new in _V1_WORLD_MODEL_TRAINING.items()
                 if old != "wm_checkpoint_every"})   # the cadence never decided the model
     key["target_return"] = cfg.resolved_target_return()
+    if not key["windows_past_falls"] or key["past_fall_reward"] == "zero":
+        del key["past_fall_reward"]                 # layout 3's only way
     if not key["windows_past_falls"]:
         del key["windows_past_falls"]               # layouts 1-2 had only these windows
     blob = json.dumps(key, sort_keys=True, default=str).encode()
@@ -413,4 +420,7 @@ def config_problems(cfg: PipelineConfig, name=lambda field: field) -> list[str]:
     if cfg.synthetic_actions not in ACTION_SOURCES:
         problems.append(f"{name('synthetic_actions')} must be one of "
                         f"{', '.join(ACTION_SOURCES)}, got {cfg.synthetic_actions!r}")
+    if cfg.past_fall_reward not in PAST_FALL_REWARDS:
+        problems.append(f"{name('past_fall_reward')} must be one of "
+                        f"{', '.join(PAST_FALL_REWARDS)}, got {cfg.past_fall_reward!r}")
     return problems

@@ -215,7 +215,7 @@ class Pipeline:
         self.windows = training_windows(ds, self.state_norm, self.reward_norm,
                                         cfg.world_model.horizon, cfg.gamma,
                                         self.family.rtg_scale, self.device,
-                                        cfg.windows_past_falls)
+                                        cfg.windows_past_falls, cfg.past_fall_reward)
         return {"transitions": len(ds), "windows": len(self.windows["x0"]), "source": ds.source,
                 "load_s": round(time.time() - t0, 2)}
 

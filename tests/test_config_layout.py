@@ -112,3 +112,24 @@ def test_layout_1_override_names_still_apply():
     cfg = apply_overrides(cfg, ["wm_steps=30", "wm_checkpoint_every=10", "wm_lr=2e-4"])
     assert (cfg.wm_training.steps, cfg.wm_training.checkpoint_every, cfg.wm_training.lr) == \
         (30, 10, 2e-4)
+
+
+LAYOUT_3_WORLD_MODEL = (Path(__file__).parent.parent / "benchmarks" / "results" /
+                        "p1-medium-replay-falls" / "wm" / "hopper-medium-replay_seed0_5f3b49ca11" /
+                        "config.json")
+
+
+def test_past_fall_reward_zero_keeps_layout_3_fingerprints_and_hold_makes_another_model():
+    from dawm_fast.config import config_problems
+
+    cfg = config_from_dict(json.loads(LAYOUT_3_WORLD_MODEL.read_text()))
+    assert cfg.windows_past_falls and cfg.past_fall_reward == "zero"
+    assert world_model_fingerprint(cfg) == "5f3b49ca11"          # its directory's name
+    hold = dataclasses.replace(cfg, past_fall_reward="hold")
+    assert world_model_fingerprint(hold) != "5f3b49ca11"
+    # without windows past falls the reward after a fall does not exist: same model either way
+    off = dataclasses.replace(cfg, windows_past_falls=False)
+    assert world_model_fingerprint(dataclasses.replace(off, past_fall_reward="hold")) == \
+        world_model_fingerprint(off)
+    assert any("past_fall_reward must be one of" in p
+               for p in config_problems(dataclasses.replace(cfg, past_fall_reward="last")))

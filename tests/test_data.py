@@ -237,6 +237,24 @@ def test_windows_run_past_falls_with_the_fallen_state(rng):
         assert ds.terminals[e] or e - t + 1 >= T
 
 
+def test_windows_past_falls_can_hold_the_falling_steps_reward(rng):
+    ds, T, gamma, scale = window_test_data(rng)
+    zero = make_windows(ds, T, gamma, scale)
+    hold = make_windows(ds, T, gamma, scale, past_reward="hold")
+    np.testing.assert_array_equal(hold.states, zero.states)
+    ends = np.flatnonzero(ds.episode_ends)
+    changed = 0
+    for j, t in enumerate(hold.start_index):
+        e = ends[np.searchsorted(ends, t)]
+        n = min(e - t + 1, T)                                   # steps up to the episode's end
+        np.testing.assert_array_equal(hold.rewards[j, :n], zero.rewards[j, :n])
+        assert (hold.rewards[j, n:] == ds.rewards[e]).all()
+        changed += T - n
+    assert changed > 0
+    with pytest.raises(ValueError, match="past_reward must be one of"):
+        make_windows(ds, T, gamma, scale, past_reward="last")
+
+
 def test_discounted_rtg_single_episode():
     r = np.array([1.0, 2.0, 3.0])
     g = discounted_returns_to_go(r, np.array([False, False, True]), 0.5)

@@ -7,11 +7,11 @@ from .loader import SOURCES, load_dataset
 from .normalizers import CDFNormalizer, GaussianNormalizer, MinMaxNormalizer, Normalizer
 from .scores import normalized_score
 from .tasks import ENV_FAMILIES, TASK_NAMES, EnvFamily, UnknownTaskError, env_family, parse_task
-from .windows import TrajectoryWindows, discounted_returns_to_go, make_windows
+from .windows import PAST_FALL_REWARDS, TrajectoryWindows, discounted_returns_to_go, make_windows
 
 __all__ = [
     "DatasetError", "OfflineDataset", "SOURCES", "load_dataset", "CDFNormalizer",
     "GaussianNormalizer", "MinMaxNormalizer", "Normalizer", "normalized_score", "ENV_FAMILIES",
     "TASK_NAMES", "EnvFamily", "UnknownTaskError", "env_family", "parse_task",
-    "TrajectoryWindows", "discounted_returns_to_go", "make_windows",
+    "PAST_FALL_REWARDS", "TrajectoryWindows", "discounted_returns_to_go", "make_windows",
 ]

@@ -7,12 +7,17 @@ is a true end of the MDP; a timeout is a cut made by the time limit.
 
 Windows never cross into another episode. An episode that ends in a terminal (a fall) also gives
 windows that start in its last T-1 steps and run past the fall (``past_falls``): the state after
-the fall (the dataset's last next observation) fills the rest of the window, with reward 0.
+the fall (the dataset's last next observation) fills the rest of the window, with reward 0
+(``past_reward="zero"``, an absorbing state's) or the falling step's own (``"hold"``).
 Without them a world model never sees a fallen state: the last window of an episode ends at the
 state before the fall, so its generated windows fall only by extrapolation, and from starts near
 a fall (never a training start) it continues as if nothing happened (measured on hopper-medium-
 replay, benchmarks/RESULTS.md: synthetic windows fell about half as often as the data). After a
 timeout nothing is known, so no window runs past one.
+
+Generation cuts a window at its fall, so the rewards after it are never used; they only decide
+what the reward channel has to learn: zeros put a step of its own after every fall (hopper-
+medium-replay: 2 reward-stds below the mean; the falling step's own reward averages 0.75).
 """
 from __future__ import annotations
 
@@ -21,6 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .dataset import OfflineDataset
+
+PAST_FALL_REWARDS = ("zero", "hold")
 
 
 @dataclass
@@ -66,7 +73,9 @@ def window_starts(episode_ends: np.ndarray, horizon: int,
 
 
 def make_windows(ds: OfflineDataset, horizon: int, gamma: float, rtg_scale: float,
-                 past_falls: bool = True) -> TrajectoryWindows:
+                 past_falls: bool = True, past_reward: str = "zero") -> TrajectoryWindows:
+    if past_reward not in PAST_FALL_REWARDS:
+        raise ValueError(f"past_reward must be one of {PAST_FALL_REWARDS}, got {past_reward!r}")
     ends = ds.episode_ends
     starts = window_starts(ends, horizon, ds.terminals if past_falls else None)
     end_rows = np.flatnonzero(ends)
@@ -79,7 +88,7 @@ def make_windows(ds: OfflineDataset, horizon: int, gamma: float, rtg_scale: floa
     rewards = ds.rewards[idx]                              # [M, T]
     window, step = np.nonzero(past)
     states[window, step] = ds.next_observations[last[window]]   # the fallen state, held
-    rewards[window, step] = 0.0
+    rewards[window, step] = 0.0 if past_reward == "zero" else ds.rewards[last[window]]
     return TrajectoryWindows(
         states=states,
         first_actions=ds.actions[starts],
