@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from dawm_fast.world_model.action_labels import relabel, window_starts
+from dawm_fast.evaluation.dynamics_check import window_positions
+from dawm_fast.world_model.action_labels import relabel
 from dawm_fast.world_model.idm import InverseDynamicsConfig
 
 
@@ -18,12 +19,10 @@ def synthetic_windows(rng, lengths, o=3, a=2):
             "actions": np.concatenate(acts)}
 
 
-def test_window_starts_found_from_the_state_chain(rng):
+def test_window_positions_found_from_the_state_chain(rng):
     syn = synthetic_windows(rng, [3, 1, 7, 2])
-    starts = window_starts(syn["observations"], syn["next_observations"])
-    expected = np.zeros(13, bool)
-    expected[[0, 3, 4, 11]] = True
-    np.testing.assert_array_equal(starts, expected)
+    pos = window_positions(syn["observations"], syn["next_observations"])
+    assert pos.tolist() == [0, 1, 2, 0, 0, 1, 2, 3, 4, 5, 6, 0, 1]
 
 
 @pytest.mark.parametrize("source", ["random", "bc"])
@@ -33,7 +32,7 @@ def test_relabel_replaces_only_inferred_actions(rng, source):
     real_act = np.clip(0.5 * real_obs[:, :2], -1, 1).astype(np.float32)   # a simple policy
     new, info = relabel(source, syn, lambda s: s, real_obs, real_act,
                         InverseDynamicsConfig(n_steps=600, hidden=64), seed=3, device="cpu")
-    starts = window_starts(syn["observations"], syn["next_observations"])
+    starts = window_positions(syn["observations"], syn["next_observations"]) == 0
     np.testing.assert_array_equal(new[starts], syn["actions"][starts])
     assert (new[~starts] != syn["actions"][~starts]).all()
     assert np.abs(new).max() <= 1 and info["relabelled_rows"] == 9

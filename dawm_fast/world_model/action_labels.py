@@ -5,24 +5,17 @@ Only the actions the IDM inferred are relabelled. A window's first transition ca
 a_t it was generated from; its later transitions have IDM actions. synthetic.npz is stored window
 by window, and within a window each row's observation is the previous row's next observation
 (both are the same generated tensor), so a row whose observation differs from the previous row's
-next observation starts a window.
+next observation starts a window (evaluation.dynamics_check.window_positions).
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
+from dawm_fast.evaluation.dynamics_check import window_positions
 from dawm_fast.world_model.idm import InverseDynamicsConfig, train_inverse_dynamics
 
 ACTION_SOURCES = ("idm", "bc", "random")
-
-
-def window_starts(observations: np.ndarray, next_observations: np.ndarray) -> np.ndarray:
-    """[N] bool: rows that start a window (their action is the dataset's real a_t)."""
-    starts = np.ones(len(observations), bool)
-    if len(observations) > 1:
-        starts[1:] = (observations[1:] != next_observations[:-1]).any(axis=1)
-    return starts
 
 
 def behaviour_cloning_policy(obs_normalized: np.ndarray, actions: np.ndarray,
@@ -51,7 +44,7 @@ def relabel(source: str, syn: dict, normalize_states, real_obs: np.ndarray,
         raise ValueError(f"unknown synthetic action source {source!r}; valid: "
                          f"{', '.join(ACTION_SOURCES)}")
     obs, actions = syn["observations"], syn["actions"]
-    starts = window_starts(obs, syn["next_observations"])
+    starts = window_positions(obs, syn["next_observations"]) == 0
     if source == "random":
         rng = np.random.default_rng(seed)
         labels = rng.uniform(-1.0, 1.0, actions.shape).astype(np.float32)
