@@ -101,40 +101,29 @@ def agent_on(agent, algo: str, t) -> dict:
 def rollout_calibration(agent, algo: str, env_id: str, episodes: int, seed: int,
                         gamma: float, reward_scale: float | None) -> dict:
     """Mean Q(s, pi(s)) over visited states vs the discounted return that followed them."""
-    from dawm_fast.evaluation.rollout import make_env
+    from dawm_fast.data.windows import discounted_returns_to_go
+    from dawm_fast.evaluation.rollout import evaluate_policy
 
-    env = make_env(env_id)
-    qs, gs, returns = [], [], []
-    try:
-        for i in range(episodes):
-            obs, _ = env.reset(seed=seed + i)
-            states, rewards, terminated, done = [], [], False, False
-            while not done:
-                states.append(obs)
-                obs, r, terminated, truncated, _ = env.step(agent.act(obs[None])[0])
-                rewards.append(float(r))
-                done = terminated or truncated
-            rewards = np.asarray(rewards) * (reward_scale or 1.0)
-            g = np.zeros(len(rewards))
-            run = 0.0
-            for k in range(len(rewards) - 1, -1, -1):
-                run = rewards[k] + gamma * run
-                g[k] = run
-            keep = np.arange(len(rewards)) if terminated else np.arange(
-                max(0, len(rewards) - GAMMA_TAIL))
-            returns.append(float(np.sum(rewards) / (reward_scale or 1.0)))
-            if len(keep) == 0:
-                continue
-            with torch.no_grad():
-                x = agent.obs_norm(torch.as_tensor(np.asarray(states, np.float32)[keep]))
-                a = torch.as_tensor(agent.act(np.asarray(states, np.float32)[keep]))
-                critic = agent.critic if algo == "td3bc" else agent.qf
-                qs.append(torch.min(*critic(x, a)).numpy())
-            gs.append(g[keep])
-    finally:
-        env.close()
+    res = evaluate_policy(agent.act, env_id, episodes, seed, record=True)
+    critic = agent.critic if algo == "td3bc" else agent.qf
+    qs, gs = [], []
+    for traj in res.trajectories:
+        rewards = traj.rewards * (reward_scale or 1.0)
+        ends = np.zeros(len(rewards), bool)
+        ends[-1] = True
+        g = discounted_returns_to_go(rewards, ends, gamma)
+        # a time-limit cut leaves the return of the last steps unknown: drop their tail
+        keep = np.arange(len(rewards)) if traj.terminated else np.arange(
+            max(0, len(rewards) - GAMMA_TAIL))
+        if len(keep) == 0:
+            continue
+        states = traj.observations[keep].astype(np.float32)
+        with torch.no_grad():
+            x = agent.obs_norm(torch.as_tensor(states))
+            qs.append(torch.min(*critic(x, torch.as_tensor(agent.act(states)))).numpy())
+        gs.append(g[keep])
     q, g = (np.concatenate(v) if v else np.zeros(0) for v in (qs, gs))
-    return {"episodes": episodes, "return_mean": float(np.mean(returns)), "states": int(q.size),
+    return {"episodes": episodes, "return_mean": res.mean, "states": int(q.size),
             "q_pi": float(q.mean()) if q.size else None,
             "discounted_return": float(g.mean()) if g.size else None,
             "overestimate": float((q - g).mean()) if q.size else None}

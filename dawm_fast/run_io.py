@@ -50,6 +50,10 @@ def reading(path: Path, stage: str):
         yield
     except RunError:
         raise
+    except FileNotFoundError:
+        raise RunError(f"{path} (stage '{stage}') is missing: that stage has not finished in "
+                       f"this run directory (or its file was deleted); run the stage there, or "
+                       f"use the run directory that holds it") from None
     except Exception as e:
         detail = str(e).splitlines()[0][:120] if str(e) else ""
         raise _corrupt(path, stage, f"{type(e).__name__}{': ' + detail if detail else ''}") \

@@ -80,6 +80,31 @@ def test_fewer_envs_than_episodes_counts_each_episode_once(seed):
     assert res.returns.shape == (5,)
 
 
+def test_recorded_trajectories_match_a_hand_loop(seed):
+    """record=True: each episode's states (before each step), rewards and whether the MDP ended
+    it, whichever env slot ran it; a hopper pushed hard falls, a short time limit cuts."""
+    def policy(obs):
+        return np.clip(2.0 * np.tanh(obs[:, 2:5]) + 0.5, -1, 1)
+
+    res = evaluate_policy(policy, "Hopper-v5", episodes=3, seed=seed, n_envs=2, record=True)
+    env = gym.make("Hopper-v5", max_episode_steps=1000)
+    for i, traj in enumerate(res.trajectories):
+        obs, _ = env.reset(seed=seed + i)
+        states, rewards, done, term = [], [], False, False
+        while not done:
+            states.append(obs)
+            obs, r, term, trunc, _ = env.step(policy(obs[None])[0])
+            rewards.append(r)
+            done = term or trunc
+        np.testing.assert_array_equal(traj.observations, np.stack(states))
+        np.testing.assert_array_equal(traj.rewards, rewards)
+        assert traj.terminated == term and len(traj.rewards) == res.lengths[i]
+        assert traj.rewards.sum() == pytest.approx(res.returns[i])
+    env.close()
+    assert all(t.terminated for t in res.trajectories)      # this policy falls within 1000 steps
+    assert evaluate_policy(policy, "Hopper-v5", episodes=1, seed=seed).trajectories is None
+
+
 def test_time_limit_truncation_ends_episodes(seed):
     # HalfCheetah never terminates: a short TimeLimit checks that truncation ends episodes too.
     env_id = "DawmTestShortCheetah-v0"

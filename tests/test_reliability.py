@@ -341,3 +341,12 @@ def test_ctrl_c_in_rl_checkpoints_that_update_and_resumes_from_it(finished, tmp_
     monkeypatch.setattr(TD3BC, "update", original)
     assert rerun(out, capsys)[0] == 0
     assert final_numbers(out) == final_numbers(finished) and same_agent(out, finished)
+
+
+def test_a_missing_checkpoint_is_named_as_missing_not_corrupt(tmp_path):
+    from dawm_fast.run_io import RunError, load_checkpoint
+
+    with pytest.raises(RunError, match=r"agent\.pt \(stage 'rl'\) is missing: that stage has not "
+                                       r"finished") as e:
+        load_checkpoint(tmp_path / "agent.pt", "rl", ("agent",))
+    assert "corrupt" not in str(e.value) and "\n" not in str(e.value)

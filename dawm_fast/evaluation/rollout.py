@@ -23,9 +23,17 @@ class EnvUnavailableError(RuntimeError):
 
 
 @dataclass
+class Trajectory:
+    observations: np.ndarray            # [L, obs] the states the policy acted in
+    rewards: np.ndarray                 # [L]
+    terminated: bool                    # ended by the MDP (a fall), not by the time limit
+
+
+@dataclass
 class EvalResult:
     returns: np.ndarray                 # [episodes] undiscounted return; entry i used seed+i
     lengths: np.ndarray                 # [episodes] env steps per episode
+    trajectories: list[Trajectory] | None = None   # entry i: episode i (with record=True)
     mean: float = field(init=False)     # mean return
     std: float = field(init=False)      # population std of the returns (np.std)
 
@@ -50,7 +58,7 @@ def make_env(env_id: str) -> gym.Env:
 
 def evaluate_policy(act_fn: Callable[[np.ndarray], np.ndarray], env_id: str, episodes: int,
                     seed: int, n_envs: int | None = None, action_noise: float = 0.0,
-                    noise_seed: int | None = None) -> EvalResult:
+                    noise_seed: int | None = None, record: bool = False) -> EvalResult:
     """Run ``episodes`` episodes of a policy; episode i is reset with seed+i.
 
     ``act_fn`` maps raw observations [N, obs] to actions [N, act] (e.g. ``agent.act``).
@@ -59,6 +67,7 @@ def evaluate_policy(act_fn: Callable[[np.ndarray], np.ndarray], env_id: str, epi
     ``action_noise`` > 0 adds Gaussian noise of that std to every action, then clips to [-1, 1]
     (the behaviour datasets' rollouts), drawn from one generator seeded with ``noise_seed``
     (default ``seed``): noisy results depend on ``n_envs`` too.
+    ``record`` keeps every episode's states and rewards (EvalResult.trajectories).
     """
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
@@ -73,6 +82,8 @@ def evaluate_policy(act_fn: Callable[[np.ndarray], np.ndarray], env_id: str, epi
     obs: list[np.ndarray | None] = [None] * n_envs
     episode_of = [-1] * n_envs      # which episode each env slot is running
     next_episode = 0
+    seen: list[list] = [[] for _ in range(episodes)] if record else []   # (obs, reward) steps
+    ended_by_mdp = np.zeros(episodes, bool)
 
     def start(slot: int) -> None:
         nonlocal next_episode
@@ -94,10 +105,14 @@ def evaluate_policy(act_fn: Callable[[np.ndarray], np.ndarray], env_id: str, epi
                                   -1, 1).astype(np.float32)
             still = []
             for a, slot in zip(actions, running):
-                obs[slot], r, terminated, truncated, _ = envs[slot].step(a)
                 ep = episode_of[slot]
+                before = obs[slot]
+                obs[slot], r, terminated, truncated, _ = envs[slot].step(a)
                 returns[ep] += float(r)
                 lengths[ep] += 1
+                if record:
+                    seen[ep].append((before, float(r)))
+                ended_by_mdp[ep] |= terminated
                 if not (terminated or truncated):
                     still.append(slot)
                 elif next_episode < episodes:
@@ -107,4 +122,7 @@ def evaluate_policy(act_fn: Callable[[np.ndarray], np.ndarray], env_id: str, epi
     finally:
         for env in envs:
             env.close()
-    return EvalResult(returns, lengths)
+    trajectories = [Trajectory(np.stack([o for o, _ in steps]), np.array([r for _, r in steps]),
+                               bool(done)) for steps, done in zip(seen, ended_by_mdp)] \
+        if record else None
+    return EvalResult(returns, lengths, trajectories)
