@@ -27,7 +27,7 @@ def test_a_layout_1_config_reads_as_todays_preset(layout_1):
     cfg = config_from_dict(layout_1["config"])
     want = preset_config("cpu", "hopper-medium-replay", "td3bc", seed=0, backend="reference",
                          synthetic_ratio=0.5, world_model_dir=layout_1["config"]["world_model_dir"],
-                         windows_past_falls=False)
+                         windows_past_falls=False, past_fall_reward="zero")
     assert cfg == want
     assert cfg.wm_training.steps == 12_000 and cfg.wm_training.ema.start_step == 500
     assert cfg.wm_training.checkpoint_every == 1_000 and cfg.wm_training.lr == 1e-4
@@ -49,10 +49,11 @@ def test_layout_2_trained_without_windows_past_falls_and_keeps_its_fingerprint()
     assert today.windows_past_falls
     d = json.loads(json.dumps(today.to_dict()))
     d["config_version"] = 2
-    del d["windows_past_falls"]
+    del d["windows_past_falls"], d["past_fall_reward"]
     old = config_from_dict(d)
     assert not old.windows_past_falls
-    assert config_differences(d, today.to_dict()) == ["windows_past_falls: False vs True"]
+    assert config_differences(d, today.to_dict()) == ["past_fall_reward: 'zero' vs 'hold'",
+                                                      "windows_past_falls: False vs True"]
     # what layout 2 hashed (every world-model field it had) names the same directory today...
     assert world_model_fingerprint(old) == _layout_2_fingerprint(d)
     # ...and the new windows make another world model
@@ -119,10 +120,12 @@ LAYOUT_3_WORLD_MODEL = (Path(__file__).parent.parent / "benchmarks" / "results" 
                         "config.json")
 
 
-def test_past_fall_reward_zero_keeps_layout_3_fingerprints_and_hold_makes_another_model():
+def test_layout_3_trained_with_reward_zero_after_falls_and_keeps_its_fingerprint():
     from dawm_fast.config import config_problems
 
-    cfg = config_from_dict(json.loads(LAYOUT_3_WORLD_MODEL.read_text()))
+    saved = json.loads(LAYOUT_3_WORLD_MODEL.read_text())
+    assert saved["config_version"] == 3 and "past_fall_reward" not in saved
+    cfg = config_from_dict(saved)
     assert cfg.windows_past_falls and cfg.past_fall_reward == "zero"
     assert world_model_fingerprint(cfg) == "5f3b49ca11"          # its directory's name
     hold = dataclasses.replace(cfg, past_fall_reward="hold")

@@ -228,7 +228,7 @@ def test_windows_run_past_falls_with_the_fallen_state(rng):
         np.testing.assert_array_equal(w.states[j, n:], np.repeat(ds.next_observations[e][None],
                                                                  T - n, 0))
         np.testing.assert_array_equal(w.rewards[j, :n], ds.rewards[t:e + 1])
-        assert (w.rewards[j, n:] == 0).all()
+        assert (w.rewards[j, n:] == ds.rewards[e]).all()         # the falling step's, held
         assert w.terminals[j, n - 1] and not w.terminals[j, n:].any()
         np.testing.assert_array_equal(w.first_actions[j], ds.actions[t])
     # no window runs past a timeout: every start of an episode cut by time is a whole window
@@ -237,10 +237,10 @@ def test_windows_run_past_falls_with_the_fallen_state(rng):
         assert ds.terminals[e] or e - t + 1 >= T
 
 
-def test_windows_past_falls_can_hold_the_falling_steps_reward(rng):
+def test_windows_past_falls_can_give_the_steps_after_a_fall_reward_zero(rng):
     ds, T, gamma, scale = window_test_data(rng)
-    zero = make_windows(ds, T, gamma, scale)
-    hold = make_windows(ds, T, gamma, scale, past_reward="hold")
+    zero = make_windows(ds, T, gamma, scale, past_reward="zero")
+    hold = make_windows(ds, T, gamma, scale)
     np.testing.assert_array_equal(hold.states, zero.states)
     ends = np.flatnonzero(ds.episode_ends)
     changed = 0
@@ -248,7 +248,7 @@ def test_windows_past_falls_can_hold_the_falling_steps_reward(rng):
         e = ends[np.searchsorted(ends, t)]
         n = min(e - t + 1, T)                                   # steps up to the episode's end
         np.testing.assert_array_equal(hold.rewards[j, :n], zero.rewards[j, :n])
-        assert (hold.rewards[j, n:] == ds.rewards[e]).all()
+        assert (zero.rewards[j, n:] == 0).all()
         changed += T - n
     assert changed > 0
     with pytest.raises(ValueError, match="past_reward must be one of"):

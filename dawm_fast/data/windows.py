@@ -7,8 +7,8 @@ is a true end of the MDP; a timeout is a cut made by the time limit.
 
 Windows never cross into another episode. An episode that ends in a terminal (a fall) also gives
 windows that start in its last T-1 steps and run past the fall (``past_falls``): the state after
-the fall (the dataset's last next observation) fills the rest of the window, with reward 0
-(``past_reward="zero"``, an absorbing state's) or the falling step's own (``"hold"``).
+the fall (the dataset's last next observation) fills the rest of the window, with the falling
+step's own reward held (``past_reward="hold"``) or reward 0 (``"zero"``, an absorbing state's).
 Without them a world model never sees a fallen state: the last window of an episode ends at the
 state before the fall, so its generated windows fall only by extrapolation, and from starts near
 a fall (never a training start) it continues as if nothing happened (measured on hopper-medium-
@@ -17,7 +17,8 @@ timeout nothing is known, so no window runs past one.
 
 Generation cuts a window at its fall, so the rewards after it are never used; they only decide
 what the reward channel has to learn: zeros put a step of its own after every fall (hopper-
-medium-replay: 2 reward-stds below the mean; the falling step's own reward averages 0.75).
+medium-replay: 2 reward-stds below the mean), and the synthetic rewards of a model trained on
+them came out further from the simulator's everywhere, fast hops most (benchmarks/RESULTS.md).
 """
 from __future__ import annotations
 
@@ -73,7 +74,7 @@ def window_starts(episode_ends: np.ndarray, horizon: int,
 
 
 def make_windows(ds: OfflineDataset, horizon: int, gamma: float, rtg_scale: float,
-                 past_falls: bool = True, past_reward: str = "zero") -> TrajectoryWindows:
+                 past_falls: bool = True, past_reward: str = "hold") -> TrajectoryWindows:
     if past_reward not in PAST_FALL_REWARDS:
         raise ValueError(f"past_reward must be one of {PAST_FALL_REWARDS}, got {past_reward!r}")
     ends = ds.episode_ends

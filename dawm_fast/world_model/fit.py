@@ -29,7 +29,7 @@ TRAINER_SEED_OFFSET, BATCH_SEED_OFFSET = 2, 3
 def training_windows(ds: OfflineDataset, state_norm: Normalizer, reward_norm: Normalizer,
                      horizon: int, gamma: float, rtg_scale: float,
                      device: torch.device, past_falls: bool = True,
-                     past_reward: str = "zero") -> dict[str, torch.Tensor]:
+                     past_reward: str = "hold") -> dict[str, torch.Tensor]:
     """Every length-`horizon` window of the dataset (with `past_falls`, also those that run
     past a fall: data.windows) as the world model's training tensors:
     x0 [M, T, obs + act + 1] = (normalized states, a_t at step 0 only, normalized rewards), the
