@@ -96,15 +96,20 @@ def measured_minutes(jobs: list[Job], sweep_dir: Path) -> dict[str, float]:
                 wall = sum(json.loads((run / "results.json").read_text())["wall_time_s"].values())
         except (OSError, ValueError, KeyError):
             continue
-        times.setdefault(job.kind if job.kind == "wm" else job.algo, []).append(wall / 60)
+        times.setdefault(job.timing_kind, []).append(wall / 60)
     return {k: sum(v) / len(v) for k, v in times.items()}
+
+
+def job_minutes(jobs: list[Job], sweep_dir: Path, preset: str) -> dict[str, float]:
+    """Expected minutes of each job: measured in this sweep for its kind, else the preset's."""
+    measured = measured_minutes(jobs, sweep_dir)
+    return {j.name: measured.get(j.timing_kind, j.estimated_minutes(preset)) for j in jobs}
 
 
 def print_plan(jobs: list[Job], sweep_dir: Path, preset: str, workers: int) -> None:
     measured = measured_minutes(jobs, sweep_dir)
     todo = [j for j in jobs if not j.finished(sweep_dir)]
-    minutes = {j.name: measured.get(j.kind if j.kind == "wm" else j.algo,
-                                    j.estimated_minutes(preset)) for j in jobs}
+    minutes = job_minutes(jobs, sweep_dir, preset)
     for j in jobs:
         state = "finished" if j not in todo else f"~{minutes[j.name]:.0f} min"
         dep = f"  (reads {j.depends_on})" if j.depends_on else ""
@@ -171,7 +176,8 @@ def main(argv=None) -> int:
                 raise GridError(f"--gpus-per-run {gpus_per_run:g}: the local engine gives whole "
                                 f"GPUs, at most the {gpus} it has")
             summary = run_local(jobs, out, args.workers, args.threads_per_worker, gpus,
-                                int(gpus_per_run) if gpus else 0)
+                                int(gpus_per_run) if gpus else 0,
+                                expected_minutes=job_minutes(jobs, out, preset))
     except GridError as e:
         die(str(e))
     except KeyboardInterrupt:

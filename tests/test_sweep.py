@@ -192,3 +192,24 @@ def test_plan_shares_one_world_model_per_task_and_seed():
     assert wm_cmd[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
     rl = next(j for j in jobs if j.kind == "rl")
     assert job_command(rl, threads=1, ddp_processes=2)[1:3] == ["-m", "dawm_fast.train"]
+
+
+def test_eta_sums_each_jobs_expected_minutes_and_learns_from_jobs_that_ended():
+    from dawm_fast.experiments.grid import Job, JobOutcome
+    from dawm_fast.experiments.local_engine import ETA
+
+    def job(name, kind, algo=None):
+        return Job(name=name, kind=kind, task="hopper-medium-replay", seed=0, args=[], algo=algo)
+
+    wm0, wm1 = job("wm/a", "wm"), job("wm/b", "wm")
+    td3, iql = job("rl/td3", "rl", "td3bc"), job("rl/iql", "rl", "iql")
+    expected = {"wm/a": 40.0, "wm/b": 40.0, "rl/td3": 20.0, "rl/iql": 30.0}
+    now = 10_000.0
+    eta = ETA(expected, {}, workers=2)
+    # wm/b pending (40), rl/iql pending (30), rl/td3 running for 5 of its 20 minutes: 85 / 2
+    assert eta.left_s([wm1, iql], {"rl/td3": (td3, None, now - 300)}, now) == 60 * 85 / 2
+    # a job that overran its estimate counts as about to end, not as negative time
+    assert eta.left_s([], {"rl/td3": (td3, None, now - 3600)}, now) == 0
+    # a world model that took 60 minutes here: the next one is expected to as well
+    ended = {"wm/a": JobOutcome(wm0, "done", 3600.0), "x": JobOutcome(iql, "skipped")}
+    assert ETA(expected, ended, workers=1).left_s([wm1, iql], {}, now) == 60 * (60 + 30)

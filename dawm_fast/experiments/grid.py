@@ -30,13 +30,13 @@ LOCOMOTION = tuple(f"{env}-{kind}" for env in ("halfcheetah", "hopper", "walker2
                    for kind in ("medium", "medium-replay", "medium-expert"))
 
 # Minutes per job on one worker, used by --dry-run until the sweep has finished jobs of its own to
-# time (then their measured wall times are used). cpu: 2-core CPU, one thread per process
-# (benchmarks/RESULTS.md: world model ~16 min + IDM and generation; 100k TD3+BC updates 12.5 min,
-# IQL ~1.5x that); paper: one H200 with the fast backend (world model 2e6 x 5.7 ms; 1e6 updates
+# time (then their measured wall times are used). cpu: 2-core CPU, one thread per process, two
+# workers (the #18 sweeps, hopper-medium-replay: world model with IDM and generation ~40 min;
+# 100k updates with evaluations: TD3+BC 20-27 min, IQL 27-41 min); paper: one H200 with the fast backend (world model 2e6 x 5.7 ms; 1e6 updates
 # x 0.36 / 0.55 ms plus evaluations).
 ESTIMATED_MINUTES = {
     ("smoke", "wm"): 0.5, ("smoke", "td3bc"): 0.3, ("smoke", "iql"): 0.3,
-    ("cpu", "wm"): 20.0, ("cpu", "td3bc"): 15.0, ("cpu", "iql"): 22.0,
+    ("cpu", "wm"): 40.0, ("cpu", "td3bc"): 25.0, ("cpu", "iql"): 35.0,
     ("paper", "wm"): 190.0, ("paper", "td3bc"): 12.0, ("paper", "iql"): 15.0,
 }
 
@@ -76,6 +76,11 @@ class Job:
     fingerprint: str | None = None  # world-model fingerprint (wm jobs and DAWM runs)
 
     @property
+    def timing_kind(self) -> str:
+        """Jobs that take about as long as each other: "wm", or the RL run's algo."""
+        return self.kind if self.kind == "wm" else self.algo
+
+    @property
     def log_name(self) -> str:
         return "logs/" + self.name.replace("/", "__") + ".log"
 
@@ -91,7 +96,7 @@ class Job:
             return False
 
     def estimated_minutes(self, preset: str) -> float:
-        return ESTIMATED_MINUTES.get((preset, self.kind if self.kind == "wm" else self.algo), 10.0)
+        return ESTIMATED_MINUTES.get((preset, self.timing_kind), 10.0)
 
 
 def expand_tasks(envs: list[str]) -> list[str]:

@@ -13,11 +13,12 @@ BUSY_RETRY_S = 10.0   # a job whose directory another process owns is retried af
 
 
 def run_local(jobs: list[Job], sweep_dir: Path, workers: int, threads: int,
-              gpus: int = 0, gpus_per_run: int = 1,
-              progress_every_s: float = 30.0) -> SweepSummary:
+              gpus: int = 0, gpus_per_run: int = 1, progress_every_s: float = 30.0,
+              expected_minutes: dict[str, float] | None = None) -> SweepSummary:
     """Run the jobs on `workers` local processes. With `gpus` > 0 each job gets its own GPUs
     (CUDA_VISIBLE_DEVICES): a world model `gpus_per_run` of them (data-parallel under torchrun
-    when more than one), an RL run one."""
+    when more than one), an RL run one. `expected_minutes` (by job name) drives the ETA until
+    jobs of a kind end here; then their measured mean does."""
     summary = SweepSummary()
     outcomes = {}
     pending = []
@@ -86,7 +87,8 @@ def run_local(jobs: list[Job], sweep_dir: Path, workers: int, threads: int,
                                                     mine if gpus else None, len(mine)), now)
             if now - t_print >= progress_every_s:
                 t_print = now
-                _print_progress(outcomes, running, n_total, len(jobs) - n_total, t_start)
+                _print_progress(outcomes, running, pending, n_total, t_start,
+                                ETA(expected_minutes or {}, outcomes, workers))
             time.sleep(0.2)
         if stop["signal"] is not None:
             _stop_running(running)
@@ -110,14 +112,36 @@ def _stop_running(running: dict) -> None:
             proc.kill()
 
 
-def _print_progress(outcomes: dict, running: dict, n_total: int, n_skipped: int,
-                    t_start: float) -> None:
+class ETA:
+    """Time left: each job's expected minutes (the mean of its kind's jobs that ended here, else
+    the plan's), less what a running job has already run, over the workers. A rate of jobs per
+    hour would not do: world models and RL runs of one sweep differ by 2-10x."""
+
+    def __init__(self, expected: dict[str, float], outcomes: dict, workers: int):
+        self.expected, self.workers = expected, max(workers, 1)
+        ended: dict[str, list[float]] = {}
+        for o in outcomes.values():
+            if o.status == "done":
+                ended.setdefault(o.job.timing_kind, []).append(o.wall_s / 60)
+        self.measured = {k: sum(v) / len(v) for k, v in ended.items()}
+
+    def minutes(self, job: Job) -> float:
+        return self.measured.get(job.timing_kind, self.expected.get(job.name, 10.0))
+
+    def left_s(self, pending: list[Job], running: dict, now: float) -> float:
+        left = sum(self.minutes(j) for j in pending)
+        for job, _proc, t0 in running.values():
+            left += max(self.minutes(job) - (now - t0) / 60, 0.0)
+        return 60 * left / self.workers
+
+
+def _print_progress(outcomes: dict, running: dict, pending: list[Job], n_total: int,
+                    t_start: float, eta_of: ETA) -> None:
     ran = [o for o in outcomes.values() if o.status != "skipped"]
     n_done = len(ran)
-    elapsed = time.time() - t_start
-    eta = "?"
-    if n_done:
-        eta = format_duration(elapsed / n_done * (n_total - n_done))
+    now = time.time()
+    elapsed = now - t_start
+    eta = format_duration(eta_of.left_s(pending, running, now))
     failed = sum(o.status == "failed" for o in ran)
     print(f"[sweep] {n_done}/{n_total} jobs ended ({failed} failed), {len(running)} running: "
           f"{', '.join(sorted(running)) or '-'}  elapsed {format_duration(elapsed)}  ETA {eta}",
