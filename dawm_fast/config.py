@@ -18,6 +18,7 @@ from dawm_fast.rl.iql import IQLConfig, iql_config_for
 from dawm_fast.rl.td3bc import TD3BCConfig
 from dawm_fast.sampling.generate import SamplingConfig
 from dawm_fast.world_model.action_labels import ACTION_SOURCES
+from dawm_fast.world_model.fall_classifier import SYNTHETIC_TERMINALS, FallClassifierConfig
 from dawm_fast.world_model import (DiffusionScheduleConfig, EMAConfig, InverseDynamicsConfig,
                                    TemporalUNetConfig, WorldModelConfig, WorldModelTrainerConfig)
 
@@ -27,7 +28,7 @@ ALGOS = ("td3bc", "iql")
 # why); a saved config always holds the resolved one.
 BACKENDS = ("auto", "reference", "fast")
 # The layout of config.json. Older layouts are read through migrate_config_dict.
-CONFIG_VERSION = 4
+CONFIG_VERSION = 5
 
 # Normalized target return-to-go (g / task scale) used for guidance at sampling time: the middle of
 # the ranges DWM reports (REFERENCE.md), by env and dataset kind.
@@ -130,6 +131,14 @@ class PipelineConfig:
     # the referee's ablation (a BC policy on the synthetic state, uniform noise), same world
     # model, states and rewards (world_model/action_labels.py).
     synthetic_actions: str = "idm"
+    # Which synthetic transitions are falls: "health" (the generated next state fails the env's
+    # health check; layouts <= 4) or "classifier" (that, or a classifier on (s, a) trained on
+    # the real data says so; the rest of the window is dropped). The health check alone missed
+    # half the falls the simulator sees (world_model/fall_classifier.py). Applied when the RL
+    # stage loads the synthetic data, before any action relabelling: the world model and its
+    # generation are shared with "health" runs.
+    synthetic_terminals: str = "classifier"
+    fall_classifier: FallClassifierConfig = field(default_factory=FallClassifierConfig)
     td3bc: TD3BCConfig = field(default_factory=TD3BCConfig)
     iql: IQLConfig = field(default_factory=IQLConfig)
     rl_checkpoint_every: int = 10_000
@@ -162,6 +171,9 @@ class PipelineConfig:
 # world model and synthetic data, whatever their algorithm, synthetic ratio or RL settings.
 SYNTHETIC_DATA_FIELDS = ("idm", "state_normalizer", "world_model", "windows_past_falls",
                          "past_fall_reward", "wm_training", "sampling", "n_synthetic_starts", "target_return")
+# Decide the synthetic data the RL stage trains on, after the world model made it (so not part
+# of the world model's fingerprint); a plain run reads none of them either.
+SYNTHETIC_LABEL_FIELDS = ("synthetic_terminals", "fall_classifier")
 WORLD_MODEL_FIELDS = ("env", "seed", "backend", "data_source", "data_path", "max_transitions",
                       "episode_fraction", "gamma") + SYNTHETIC_DATA_FIELDS
 
@@ -236,6 +248,9 @@ def migrate_config_dict(d: dict) -> dict:
     if version < 4:
         # Layout 3: the steps after a fall had reward 0.
         d.setdefault("past_fall_reward", "zero")
+    if version < 5:
+        # Layouts <= 4: synthetic falls were the generated states' health check alone.
+        d.setdefault("synthetic_terminals", "health")
     return d
 
 
@@ -345,6 +360,7 @@ def preset_config(preset: str, env: str, algo: str, **overrides) -> PipelineConf
         cfg = PipelineConfig(
             env=env, algo=algo, preset=preset, max_transitions=20_000,
             idm=InverseDynamicsConfig(n_steps=300, hidden=64),
+            fall_classifier=FallClassifierConfig(n_steps=300, hidden=64),
             world_model=pipeline_world_model(unet=TemporalUNetConfig(dim=16, dim_mults=(1, 2),
                                                                      embed_hidden_mult=2)),
             wm_training=WorldModelTrainerConfig(steps=200, ema=EMAConfig(start_step=50),
@@ -425,6 +441,12 @@ def config_problems(cfg: PipelineConfig, name=lambda field: field) -> list[str]:
     if cfg.synthetic_actions not in ACTION_SOURCES:
         problems.append(f"{name('synthetic_actions')} must be one of "
                         f"{', '.join(ACTION_SOURCES)}, got {cfg.synthetic_actions!r}")
+    if cfg.synthetic_terminals not in SYNTHETIC_TERMINALS:
+        problems.append(f"{name('synthetic_terminals')} must be one of "
+                        f"{', '.join(SYNTHETIC_TERMINALS)}, got {cfg.synthetic_terminals!r}")
+    if not 0 < cfg.fall_classifier.threshold < 1:
+        problems.append(f"{name('fall_classifier.threshold')} must be in (0, 1), got "
+                        f"{cfg.fall_classifier.threshold!r}")
     if cfg.past_fall_reward not in PAST_FALL_REWARDS:
         problems.append(f"{name('past_fall_reward')} must be one of "
                         f"{', '.join(PAST_FALL_REWARDS)}, got {cfg.past_fall_reward!r}")

@@ -34,7 +34,7 @@ from dawm_fast.run_io import (MetricsLog, RunError, StageCheckpoint, atomic_torc
                               load_arrays, load_checkpoint, nonfinite_tensors, reading, write_json)
 from dawm_fast.sampling import generate_transitions
 from dawm_fast.world_model import (DiffusionWorldModel, InverseDynamics, action_labels,
-                                   train_inverse_dynamics)
+                                   fall_classifier, train_inverse_dynamics)
 from dawm_fast.world_model.fit import fit_world_model, training_windows
 
 STAGES = ("data", "idm", "world_model", "generation", "rl", "evaluation")
@@ -79,6 +79,7 @@ class Pipeline:
         self.progress = RunProgress(out, STAGES, cfg.identity())
         self.metrics: MetricsLog | None = None
         self._relabelled = None
+        self._fall_labelled = None
         # Which code runs is decided when this process imported it: read the commit now (it is
         # cached), not when results.json is written hours later, after the checkout may have moved.
         code_version()
@@ -415,7 +416,8 @@ class Pipeline:
                                       ds.next_observations, ds.terminals.astype(np.float32))
         syn = None
         if cfg.synthetic_ratio > 0:
-            z = load_arrays(self.products_dir / "synthetic.npz", "generation", SYNTHETIC_KEYS)
+            z = self._synthetic_falls(
+                load_arrays(self.products_dir / "synthetic.npz", "generation", SYNTHETIC_KEYS))
             syn = Transitions.from_numpy(z["observations"], self._synthetic_actions(z),
                                          z["rewards"], z["next_observations"], z["terminals"])
         parts = []
@@ -429,6 +431,39 @@ class Pipeline:
         batch_size = getattr(cfg, cfg.algo).batch_size
         return MixedSampler(parts[0], parts[1], cfg.synthetic_ratio, batch_size,
                             torch.Generator(device=self.device).manual_seed(cfg.seed + 5))
+
+    def _synthetic_falls(self, syn: dict) -> dict:
+        """The synthetic arrays with their falls as `synthetic_terminals` says: the generated
+        states' health check (as saved), or also a fall classifier on (s, a) trained on the real
+        data, each new fall's window cut after it (world_model/fall_classifier.py). Once per
+        process (seeded, so a resume labels the same rows)."""
+        cfg, ds = self.cfg, self.dataset
+        if cfg.synthetic_terminals == "health":
+            return syn
+        if self._fall_labelled is None:
+            if not ds.terminals.any():
+                info = {"fall_classifier": "no falls in the real data: nothing to learn"}
+                self._fall_labelled = syn, info
+                print(f"[rl] synthetic falls: {info['fall_classifier']}", flush=True)
+                return syn
+            norm = self.state_norm.normalize
+            predict, info = fall_classifier.train_fall_classifier(
+                norm(ds.observations), ds.actions, ds.terminals, cfg.fall_classifier,
+                self.device, seed=cfg.seed + 8)
+            labelled, counts = fall_classifier.label_falls(
+                syn, predict(norm(syn["observations"]), syn["actions"]),
+                cfg.fall_classifier.threshold)
+            info.update(counts)
+            recall, alarms = (info[k] for k in ("classifier_heldout_recall",
+                                                "classifier_heldout_false_alarms"))
+            print(f"[rl] synthetic falls: the health check marked "
+                  f"{counts['falls_marked_by_health_check']:,}, the fall classifier (held-out "
+                  f"recall {'n/a' if recall is None else f'{recall:.2f}'}, false alarms "
+                  f"{'n/a' if alarms is None else f'{alarms:.4f}'} per row) "
+                  f"{counts['falls_added_by_classifier']:,} more; "
+                  f"{counts['rows_dropped_after_falls']:,} rows after them dropped", flush=True)
+            self._fall_labelled = labelled, info
+        return self._fall_labelled[0]
 
     def _synthetic_actions(self, syn: dict) -> np.ndarray:
         """The synthetic rows' actions: the IDM's (DAWM), or, for the action-label ablation,
@@ -481,8 +516,9 @@ class Pipeline:
                             progress_every_s=cfg.progress_every_s)
         # finite: the loop's last checkpoint (or the one resumed from) checked this state
         atomic_torch_save({"agent": agent.state_dict()}, self.out / PRODUCTS["rl"])
-        relabel_info = self._relabelled[1] if self._relabelled is not None else {}
-        return {"updates": steps, **relabel_info, "wall_s": checkpoint.wall_s()}
+        labels = {**(self._fall_labelled[1] if self._fall_labelled is not None else {}),
+                  **(self._relabelled[1] if self._relabelled is not None else {})}
+        return {"updates": steps, **labels, "wall_s": checkpoint.wall_s()}
 
     @property
     def iql_scale(self) -> float:

@@ -27,7 +27,8 @@ def test_a_layout_1_config_reads_as_todays_preset(layout_1):
     cfg = config_from_dict(layout_1["config"])
     want = preset_config("cpu", "hopper-medium-replay", "td3bc", seed=0, backend="reference",
                          synthetic_ratio=0.5, world_model_dir=layout_1["config"]["world_model_dir"],
-                         windows_past_falls=False, past_fall_reward="zero")
+                         windows_past_falls=False, past_fall_reward="zero",
+                         synthetic_terminals="health")
     assert cfg == want
     assert cfg.wm_training.steps == 12_000 and cfg.wm_training.ema.start_step == 500
     assert cfg.wm_training.checkpoint_every == 1_000 and cfg.wm_training.lr == 1e-4
@@ -136,3 +137,17 @@ def test_layout_3_trained_with_reward_zero_after_falls_and_keeps_its_fingerprint
         world_model_fingerprint(off)
     assert any("past_fall_reward must be one of" in p
                for p in config_problems(dataclasses.replace(cfg, past_fall_reward="last")))
+
+
+def test_layout_4_labelled_falls_by_the_health_check_and_the_labels_leave_the_world_model():
+    today = preset_config("cpu", "hopper-medium-replay", "td3bc", seed=2)
+    assert today.synthetic_terminals == "classifier"
+    d = json.loads(json.dumps(today.to_dict()))
+    d["config_version"] = 4
+    del d["synthetic_terminals"]
+    old = config_from_dict(d)
+    assert old.synthetic_terminals == "health"
+    assert config_differences(d, today.to_dict()) == ["synthetic_terminals: 'health' vs "
+                                                      "'classifier'"]
+    # labelled when the RL stage loads the data: the same world model serves both
+    assert world_model_fingerprint(old) == world_model_fingerprint(today)

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dawm_fast.config import SYNTHETIC_DATA_FIELDS, dict_differences, normalized_config_dict
+from dawm_fast.config import (SYNTHETIC_DATA_FIELDS, SYNTHETIC_LABEL_FIELDS, dict_differences,
+                              normalized_config_dict)
 from dawm_fast.experiments import stats
 
 ARM_ORDER = ("dawm", "plain", "dawm-bc", "dawm-random")
@@ -25,7 +26,8 @@ ARM_COLORS = {"dawm": "tab:blue", "plain": "tab:gray", "dawm-bc": "tab:orange",
 # plain cell: a plain run reads none of them (its world-model settings are whatever its config
 # carried, e.g. an older layout's).
 PER_RUN_FIELDS = ("seed", "world_model_dir", "device", "progress_every_s")
-PAIR_FIELDS = PER_RUN_FIELDS + ("synthetic_ratio", "synthetic_actions") + SYNTHETIC_DATA_FIELDS
+PAIR_FIELDS = (PER_RUN_FIELDS + ("synthetic_ratio", "synthetic_actions") + SYNTHETIC_DATA_FIELDS
+               + SYNTHETIC_LABEL_FIELDS)
 
 
 class ReportError(ValueError):
@@ -152,7 +154,8 @@ def build_cells(runs: list[Run]) -> list[Cell]:
     cells = []
     for (task, algo, arm), members in sorted(groups.items()):
         cell = Cell(task, algo, arm, sorted(members, key=lambda r: r.results["seed"]))
-        ignore = PER_RUN_FIELDS + (SYNTHETIC_DATA_FIELDS if arm == "plain" else ())
+        ignore = PER_RUN_FIELDS + (SYNTHETIC_DATA_FIELDS + SYNTHETIC_LABEL_FIELDS
+                                   if arm == "plain" else ())
         ref = cell.runs[0].settings(ignore)
         for other in cell.runs[1:]:
             diff = _setting_differences(ref, other.settings(ignore))
