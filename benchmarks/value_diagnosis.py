@@ -198,6 +198,15 @@ def diagnose_seed(sweep: Path, env: str, algo: str, seed: int, rows: int, episod
     real = {k: getattr(ds, k) for k in ("observations", "actions", "rewards",
                                         "next_observations", "terminals")}
     syn = dict(np.load(sweep / cfg.world_model_dir / "synthetic.npz"))
+    if cfg.synthetic_terminals == "classifier":
+        # the rows the run trained on: its falls relabelled as its RL stage relabelled them
+        from dawm_fast.data.normalizers import Normalizer
+        from dawm_fast.world_model import fall_classifier
+
+        norm = Normalizer.load(sweep / cfg.world_model_dir / "normalizers" / "states.npz")
+        syn, _ = fall_classifier.classify_synthetic_falls(
+            syn, real, norm.normalize, cfg.fall_classifier, "cpu",
+            seed=cfg.seed + fall_classifier.SEED_OFFSET)
     mean, std = compute_obs_stats(ds.observations)
     scale = (iql_reward_scale(ds.rewards, ds.episode_ends)
              if algo == "iql" and cfg.iql.normalize_reward else None)

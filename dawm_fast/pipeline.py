@@ -446,22 +446,19 @@ class Pipeline:
                 self._fall_labelled = syn, info
                 print(f"[rl] synthetic falls: {info['fall_classifier']}", flush=True)
                 return syn
-            norm = self.state_norm.normalize
-            predict, info = fall_classifier.train_fall_classifier(
-                norm(ds.observations), ds.actions, ds.terminals, cfg.fall_classifier,
-                self.device, seed=cfg.seed + 8)
-            labelled, counts = fall_classifier.label_falls(
-                syn, predict(norm(syn["observations"]), syn["actions"]),
-                cfg.fall_classifier.threshold)
-            info.update(counts)
+            real = {"observations": ds.observations, "actions": ds.actions,
+                    "terminals": ds.terminals}
+            labelled, info = fall_classifier.classify_synthetic_falls(
+                syn, real, self.state_norm.normalize, cfg.fall_classifier, self.device,
+                seed=cfg.seed + fall_classifier.SEED_OFFSET)
             recall, alarms = (info[k] for k in ("classifier_heldout_recall",
                                                 "classifier_heldout_false_alarms"))
             print(f"[rl] synthetic falls: the health check marked "
-                  f"{counts['falls_marked_by_health_check']:,}, the fall classifier (held-out "
+                  f"{info['falls_marked_by_health_check']:,}, the fall classifier (held-out "
                   f"recall {'n/a' if recall is None else f'{recall:.2f}'}, false alarms "
                   f"{'n/a' if alarms is None else f'{alarms:.4f}'} per row) "
-                  f"{counts['falls_added_by_classifier']:,} more; "
-                  f"{counts['rows_dropped_after_falls']:,} rows after them dropped", flush=True)
+                  f"{info['falls_added_by_classifier']:,} more; "
+                  f"{info['rows_dropped_after_falls']:,} rows after them dropped", flush=True)
             self._fall_labelled = labelled, info
         return self._fall_labelled[0]
 

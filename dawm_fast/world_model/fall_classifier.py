@@ -26,6 +26,9 @@ from dawm_fast.evaluation.dynamics_check import window_positions
 from dawm_fast.rl.networks import mlp
 
 SYNTHETIC_TERMINALS = ("health", "classifier")
+# The RL stage seeds the classifier with the run's seed + this (its own stream, apart from the
+# run's other seeded draws); benchmarks/fall_labels.py reproduces it.
+SEED_OFFSET = 8
 
 
 @dataclass(frozen=True)
@@ -97,3 +100,15 @@ def label_falls(syn: dict, fall_probability: np.ndarray, threshold: float) -> tu
     return out, {"falls_marked_by_health_check": int(was.sum()),
                  "falls_added_by_classifier": int((now & ~was & keep).sum()),
                  "rows_dropped_after_falls": int((~keep).sum())}
+
+
+def classify_synthetic_falls(syn: dict, real: dict, normalize, cfg: FallClassifierConfig, device,
+                             *, seed: int) -> tuple[dict, dict]:
+    """The synthetic arrays relabelled: a classifier trained on the real arrays (observations,
+    actions, terminals), ``normalize`` applied to observations, then ``label_falls``. Returns
+    (arrays, info: the classifier's held-out report and the label counts)."""
+    predict, info = train_fall_classifier(normalize(real["observations"]), real["actions"],
+                                          real["terminals"], cfg, device, seed=seed)
+    labelled, counts = label_falls(syn, predict(normalize(syn["observations"]), syn["actions"]),
+                                   cfg.threshold)
+    return labelled, {**info, **counts}
