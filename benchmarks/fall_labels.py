@@ -5,7 +5,7 @@ simulator, on the same rows (issue #18; world_model/fall_classifier.py).
 
 WM_RUN_DIR is a world-model run directory (synthetic.npz, config.json, normalizers/). The fall
 classifier is trained as the RL stage trains it (the run's fall_classifier settings and seed), on
-the whole real dataset. Then `n` synthetic rows whose observation pins down the simulator state
+the real data the run trained on. Then `n` synthetic rows whose observation pins down the simulator state
 are replayed one step in the simulator (evaluation.dynamics_check.simulate), and for the health
 check alone and for health check + classifier at each threshold it prints, per synthetic row:
 falls marked, falls missed (the simulator falls, the label does not) and falls made up. Rows are
@@ -37,6 +37,7 @@ def main(argv=None) -> None:
     import torch
 
     from dawm_fast.config import config_from_dict
+    from dawm_fast.data.dataset import run_subset
     from dawm_fast.data.loader import load_dataset
     from dawm_fast.data.normalizers import Normalizer
     from dawm_fast.data.tasks import env_family
@@ -46,10 +47,8 @@ def main(argv=None) -> None:
 
     torch.set_num_threads(1)
     cfg = config_from_dict(json.loads((args.run_dir / "config.json").read_text()))
-    if cfg.episode_fraction < 1.0 or cfg.max_transitions is not None:
-        raise SystemExit(f"{args.run_dir}: a subset run (episode_fraction/max_transitions); this "
-                         "script reads the whole dataset only")
-    ds = load_dataset(cfg.env, source=cfg.data_source, path=cfg.data_path)
+    ds = run_subset(load_dataset(cfg.env, source=cfg.data_source, path=cfg.data_path),
+                    cfg.max_transitions, cfg.episode_fraction, cfg.seed)
     norm = Normalizer.load(args.run_dir / "normalizers" / "states.npz").normalize
     syn = load_arrays(args.run_dir / "synthetic.npz", "generation",
                       ("observations", "actions", "terminals"))

@@ -184,6 +184,7 @@ def data_stats(arrays: dict) -> dict:
 
 def diagnose_seed(sweep: Path, env: str, algo: str, seed: int, rows: int, episodes: int,
                   plain_sweep: Path | None = None) -> dict:
+    from dawm_fast.data.dataset import run_subset
     from dawm_fast.data.loader import load_dataset
     from dawm_fast.rl.buffer import compute_obs_stats, iql_reward_scale
 
@@ -191,10 +192,8 @@ def diagnose_seed(sweep: Path, env: str, algo: str, seed: int, rows: int, episod
             f"{env}_{algo}_{arm}_seed{seed}" for arm in ("dawm", "plain")}
     agents = {arm: load_run(d) for arm, d in runs.items()}
     cfg = agents["dawm"][0]
-    if cfg.episode_fraction < 1.0 or cfg.max_transitions is not None:
-        raise SystemExit(f"{runs['dawm']}: a subset run (episode_fraction/max_transitions); "
-                         "this script reads the whole dataset only")
-    ds = load_dataset(env, source=cfg.data_source, path=cfg.data_path)
+    ds = run_subset(load_dataset(env, source=cfg.data_source, path=cfg.data_path),
+                    cfg.max_transitions, cfg.episode_fraction, cfg.seed)
     real = {k: getattr(ds, k) for k in ("observations", "actions", "rewards",
                                         "next_observations", "terminals")}
     syn = dict(np.load(sweep / cfg.world_model_dir / "synthetic.npz"))

@@ -21,7 +21,7 @@ from dawm_fast import backends, distributed
 from dawm_fast.config import (STATE_NORMALIZERS, PipelineConfig, config_from_dict,
                               world_model_fingerprint)
 from dawm_fast.data import MinMaxNormalizer, Normalizer, OfflineDataset, load_dataset
-from dawm_fast.data.dataset import subset_episode_fraction, subset_episodes
+from dawm_fast.data.dataset import run_subset
 from dawm_fast.data.fingerprint import data_fingerprint, fingerprint_difference
 from dawm_fast.data.tasks import parse_task
 from dawm_fast.distributed import World
@@ -187,10 +187,7 @@ class Pipeline:
         ds = load_dataset(cfg.env, source=cfg.data_source, path=cfg.data_path)
         if self.world.is_main:
             self._check_data_fingerprint(ds)
-        if cfg.max_transitions is not None:
-            ds = subset_episodes(ds, cfg.max_transitions, cfg.seed)
-        if cfg.episode_fraction < 1.0:
-            ds = subset_episode_fraction(ds, cfg.episode_fraction, cfg.seed)
+        ds = run_subset(ds, cfg.max_transitions, cfg.episode_fraction, cfg.seed)
         self.dataset: OfflineDataset = ds
         print(f"[data] {ds.summary()}", flush=True)
         print(f"[data] evaluation env: {ds.eval_env_id}", flush=True)

@@ -149,6 +149,15 @@ def subset_episode_fraction(ds: OfflineDataset, fraction: float, seed: int) -> O
     return _keep_episodes(ds, chosen, starts, ends)
 
 
+def run_subset(ds: OfflineDataset, max_transitions: int | None, episode_fraction: float,
+               seed: int) -> OfflineDataset:
+    """The part of `ds` a run trains on (its config's max_transitions, episode_fraction, seed):
+    the one place the pipeline and the diagnosis scripts cut it."""
+    if max_transitions is not None:
+        ds = subset_episodes(ds, max_transitions, seed)
+    return subset_episode_fraction(ds, episode_fraction, seed)
+
+
 def _keep_episodes(ds: OfflineDataset, chosen: np.ndarray, starts: np.ndarray,
                    ends: np.ndarray) -> OfflineDataset:
     rows = np.concatenate([np.arange(starts[i], ends[i] + 1) for i in chosen])
