@@ -54,7 +54,8 @@ RESULT_FIELDS = {
     "generation": ("action_consistency_mse", "one_step_state_mse", "copy_state_mse",
                    "synthetic_clipped_fraction", "replay_state_error", "replay_still_error",
                    "replay_reward_rmse", "synthetic_transitions", "generation_transitions_per_s"),
-    "rl": ("label_action_mse", "label_replay_state_error"),
+    "rl": ("label_action_mse", "label_replay_state_error", "falls_marked_by_health_check",
+           "falls_added_by_classifier", "rows_dropped_after_falls", "classifier_heldout_recall"),
     "evaluation": ("final_score_mean", "final_score_std", "final_return_mean",
                    "final_return_std", "score_reference"),
 }

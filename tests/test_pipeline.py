@@ -40,6 +40,9 @@ def test_smoke_run_writes_results(smoke_data, tmp_path, capsys):
     # the default scaling: standardized states, no x0 clip, so nothing sits at a clip bound
     assert Normalizer.load(out / "normalizers" / "states.npz").kind == "gaussian"
     assert res["synthetic_clipped_fraction"] == 0
+    # synthetic falls: the health check's, and the fall classifier's on top (default)
+    assert res["falls_marked_by_health_check"] >= 0 and res["falls_added_by_classifier"] >= 0
+    assert "synthetic falls: the health check marked" in log
     assert "world-model check: one-step state MSE" in log
     # the simulator replay of synthetic transitions (a diagnostic): real data replays exactly
     assert "simulator replay (diagnostic, not used for training)" in log
