@@ -190,6 +190,15 @@ def diagnose_seed(sweep: Path, env: str, algo: str, seed: int, rows: int, episod
 
     runs = {arm: ((plain_sweep or sweep) if arm == "plain" else sweep) / "rl" /
             f"{env}_{algo}_{arm}_seed{seed}" for arm in ("dawm", "plain")}
+    if not (runs["dawm"] / "agent.pt").exists():
+        raise SystemExit(f"{runs['dawm']} has no agent.pt: give a sweep whose DAWM run finished "
+                         "here (exported results keep no checkpoints)")
+    if not (runs["plain"] / "agent.pt").exists():
+        # a plain run copied in from an exported report: its numbers are in that report's
+        # diagnosis; here the DAWM agent alone
+        print(f"[value_diagnosis] {runs['plain']} has no agent.pt (exported, no checkpoints): "
+              "the DAWM agent only", flush=True)
+        del runs["plain"]
     agents = {arm: load_run(d) for arm, d in runs.items()}
     cfg = agents["dawm"][0]
     ds = run_subset(load_dataset(env, source=cfg.data_source, path=cfg.data_path),

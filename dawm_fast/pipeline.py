@@ -55,7 +55,8 @@ RESULT_FIELDS = {
                    "synthetic_clipped_fraction", "replay_state_error", "replay_still_error",
                    "replay_reward_rmse", "synthetic_transitions", "generation_transitions_per_s"),
     "rl": ("label_action_mse", "label_replay_state_error", "falls_marked_by_health_check",
-           "falls_added_by_classifier", "rows_dropped_after_falls", "classifier_heldout_recall"),
+           "falls_added_by_classifier", "rows_dropped_after_falls", "synthetic_falls",
+           "classifier_heldout_recall"),
     "evaluation": ("final_score_mean", "final_score_std", "final_return_mean",
                    "final_return_std", "score_reference"),
 }
@@ -456,7 +457,8 @@ class Pipeline:
                   f"recall {'n/a' if recall is None else f'{recall:.2f}'}, false alarms "
                   f"{'n/a' if alarms is None else f'{alarms:.4f}'} per row) "
                   f"{info['falls_added_by_classifier']:,} more; "
-                  f"{info['rows_dropped_after_falls']:,} rows after them dropped", flush=True)
+                  f"{info['rows_dropped_after_falls']:,} rows after them dropped, "
+                  f"{info['synthetic_falls']:,} falls left (one per window at most)", flush=True)
             self._fall_labelled = labelled, info
         return self._fall_labelled[0]
 

@@ -32,6 +32,7 @@ def windows(rng, lengths, obs_dim=3):
 def test_label_falls_cuts_each_window_after_its_first_fall(rng):
     syn = windows(rng, [3, 1, 7, 2])                  # rows 0-2 | 3 | 4-10 | 11-12
     syn["terminals"][12] = 1.0                        # a health-check fall, last row of a window
+    syn["terminals"][10] = 1.0                        # one after a classifier fall (6): dropped
     p = np.zeros(13)
     p[[1, 3, 6, 8]] = 0.9                             # classifier falls (8: after 6, same window)
     p[12] = 0.1
@@ -40,8 +41,8 @@ def test_label_falls_cuts_each_window_after_its_first_fall(rng):
     for k in ("observations", "actions", "rewards", "next_observations"):
         np.testing.assert_array_equal(out[k], syn[k][kept])
     np.testing.assert_array_equal(out["terminals"], [0, 1, 1, 0, 0, 1, 0, 1])
-    assert counts == {"falls_marked_by_health_check": 1, "falls_added_by_classifier": 3,
-                      "rows_dropped_after_falls": 5}
+    assert counts == {"falls_marked_by_health_check": 2, "falls_added_by_classifier": 3,
+                      "rows_dropped_after_falls": 5, "synthetic_falls": 4}
     # what is left still reads as the same windows, each ending at its fall
     assert window_positions(out["observations"], out["next_observations"]).tolist() == \
         [0, 1, 0, 0, 1, 2, 0, 1]

@@ -97,9 +97,13 @@ def label_falls(syn: dict, fall_probability: np.ndarray, threshold: float) -> tu
     keep = ~before
     out = {k: v[keep] for k, v in syn.items()}
     out["terminals"] = now[keep].astype(syn["terminals"].dtype)
+    # A health-check fall after a classifier fall in the same window goes with the dropped rows:
+    # the classifier put the fall earlier. So the falls left (one per window at most) can be
+    # fewer than the two counts' sum.
     return out, {"falls_marked_by_health_check": int(was.sum()),
                  "falls_added_by_classifier": int((now & ~was & keep).sum()),
-                 "rows_dropped_after_falls": int((~keep).sum())}
+                 "rows_dropped_after_falls": int((~keep).sum()),
+                 "synthetic_falls": int(now[keep].sum())}
 
 
 def classify_synthetic_falls(syn: dict, real: dict, normalize, cfg: FallClassifierConfig, device,
