@@ -323,6 +323,40 @@ def test_embedded_generation_on_first_use(minari_store, tmp_path, monkeypatch):
     assert len(replay) == 600 and replay.timeouts[-1]
 
 
+def test_runs_that_start_together_make_an_embedded_dataset_once(minari_store, tmp_path,
+                                                                 monkeypatch):
+    """A sweep's first jobs all want the same embedded dataset: one makes it, the others wait on
+    the store's lock and read it (seen: a walker2d run failed with 'already exists' when its
+    world model's job made the data first)."""
+    import multiprocessing as mp
+
+    from dawm_fast.data import minari_store as ms
+    monkeypatch.setattr(embedded, "POLICY_DIR", tmp_path / "policies")
+    monkeypatch.setattr(embedded, "RECIPE", embedded.EmbeddedRecipe(medium_steps=400, n_envs=2))
+    embedded.write_random_policies(tmp_path / "policies", env_family("hopper"))
+    dataset_id = embedded.minari_id("hopper", "medium")
+
+    def other_run(out):
+        logs = []
+        try:
+            ds = load_dataset("hopper-medium", source="embedded", log=logs.append)
+            out.put((len(ds), logs))
+        except Exception as e:                                  # reported, not hidden
+            out.put((None, [repr(e)]))
+
+    ctx = mp.get_context("fork")
+    out = ctx.Queue()
+    with ms.writing_lock(dataset_id):       # this process is making it when the other starts
+        child = ctx.Process(target=other_run, args=(out,))
+        child.start()
+        embedded._generate(env_family("hopper"), "medium", embedded.RECIPE, 0, print,
+                           tmp_path / "policies")
+    n, logs = out.get(timeout=120)
+    child.join(timeout=60)
+    assert n == len(load_dataset("hopper-medium", source="embedded")), logs
+    assert any("made by another process meanwhile" in line for line in logs)
+
+
 def test_embedded_without_policies_says_so(minari_store, tmp_path, monkeypatch):
     monkeypatch.setattr(embedded, "POLICY_DIR", tmp_path / "none")
     with pytest.raises(DatasetError, match="source='minari'"):

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from .dataset import DatasetError, OfflineDataset, concatenate
-from .minari_store import is_local, read_minari, write_minari
+from .minari_store import is_local, read_minari, write_minari, writing_lock
 from .numpy_policy import NumpyPolicy
 from .tasks import EnvFamily
 
@@ -141,7 +141,18 @@ def replay_episodes(family: EnvFamily, snapshots: list[tuple[int, NumpyPolicy]],
 
 def generate(family: EnvFamily, kind: str, recipe: EmbeddedRecipe | None = None, seed: int = 0,
              log=print, policy_dir: Path | None = None) -> None:
-    """Generate one embedded dataset (medium, medium-replay or expert) into the Minari store."""
+    """Generate one embedded dataset (medium, medium-replay or expert) into the Minari store,
+    unless another process made it while this one waited for the store's lock."""
+    dataset_id = minari_id(family.name, kind)
+    with writing_lock(dataset_id):
+        if is_local(dataset_id):
+            log(f"[data] {dataset_id}: made by another process meanwhile; reading it")
+            return
+        _generate(family, kind, recipe, seed, log, policy_dir)
+
+
+def _generate(family: EnvFamily, kind: str, recipe: EmbeddedRecipe | None, seed: int, log,
+              policy_dir: Path | None) -> None:
     from tqdm import tqdm
 
     recipe = recipe or RECIPE

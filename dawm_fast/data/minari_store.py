@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import tempfile
@@ -26,6 +27,22 @@ def dataset_dir(dataset_id: str) -> Path:
 def is_local(dataset_id: str) -> bool:
     """Minari 0.5 keeps a dataset's metadata (and episodes) under ``<store>/<id>/data/``."""
     return (dataset_dir(dataset_id) / "data" / "metadata.json").exists()
+
+
+@contextlib.contextmanager
+def writing_lock(dataset_id: str):
+    """Hold an exclusive lock for making `dataset_id` in this store (blocking): the runs of a
+    sweep that start together all want the same embedded dataset on first use, and one of them
+    makes it while the others wait and then read it. The kernel drops the lock when its process
+    ends in any way, so a killed generation leaves no stale lock."""
+    locks = store_root() / ".locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with open(locks / (dataset_id.replace("/", "__") + ".lock"), "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def read_minari(dataset_id: str, name: str, source: str, download: bool = False) -> OfflineDataset:
