@@ -75,7 +75,6 @@ def test_a_dataset_written_meanwhile_by_another_process_is_kept(minari_store, rn
 
     from dawm_fast.data import minari_store as ms
     dataset_id = "dawm_fast/walker2d/medium-v0"
-    final = ms.dataset_dir(dataset_id)
     real_store_at = ms._minari_store_at
     theirs = random_episodes(rng, 2, 17, 6)
 
