@@ -440,16 +440,15 @@ class Pipeline:
         if cfg.synthetic_terminals == "health":
             return syn
         if self._fall_labelled is None:
-            if not ds.terminals.any():
-                info = {"fall_classifier": "no falls in the real data: nothing to learn"}
-                self._fall_labelled = syn, info
-                print(f"[rl] synthetic falls: {info['fall_classifier']}", flush=True)
-                return syn
             real = {"observations": ds.observations, "actions": ds.actions,
                     "terminals": ds.terminals}
             labelled, info = fall_classifier.classify_synthetic_falls(
                 syn, real, self.state_norm.normalize, cfg.fall_classifier, self.device,
                 seed=cfg.seed + fall_classifier.SEED_OFFSET)
+            self._fall_labelled = labelled, info
+            if "fall_classifier" in info:                  # no falls in the data to learn from
+                print(f"[rl] synthetic falls: {info['fall_classifier']}", flush=True)
+                return labelled
             recall, alarms = (info[k] for k in ("classifier_heldout_recall",
                                                 "classifier_heldout_false_alarms"))
             print(f"[rl] synthetic falls: the health check marked "
@@ -459,7 +458,6 @@ class Pipeline:
                   f"{info['falls_added_by_classifier']:,} more; "
                   f"{info['rows_dropped_after_falls']:,} rows after them dropped, "
                   f"{info['synthetic_falls']:,} falls left (one per window at most)", flush=True)
-            self._fall_labelled = labelled, info
         return self._fall_labelled[0]
 
     def _synthetic_actions(self, syn: dict) -> np.ndarray:

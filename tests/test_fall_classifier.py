@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from dawm_fast.evaluation.dynamics_check import window_positions
-from dawm_fast.world_model.fall_classifier import (FallClassifierConfig, label_falls,
+from dawm_fast.world_model.fall_classifier import (FallClassifierConfig,
+                                                   classify_synthetic_falls, label_falls,
                                                    train_fall_classifier)
 
 
@@ -71,3 +72,12 @@ def test_classifier_learns_a_fall_rule_and_is_seeded(rng):
     np.testing.assert_array_equal(predict(probe_o, probe_a), again(probe_o, probe_a))
     other, _ = train_fall_classifier(obs, act, falls, cfg, "cpu", seed=4)
     assert not np.array_equal(predict(probe_o, probe_a), other(probe_o, probe_a))
+
+
+def test_data_without_falls_leaves_the_synthetic_arrays_alone(rng):
+    syn = windows(rng, [4, 3])
+    real = {"observations": rng.normal(size=(50, 3)), "actions": rng.uniform(-1, 1, (50, 2)),
+            "terminals": np.zeros(50)}
+    out, info = classify_synthetic_falls(syn, real, lambda o: o, FallClassifierConfig(), "cpu",
+                                         seed=0)
+    assert out is syn and "no falls" in info["fall_classifier"]

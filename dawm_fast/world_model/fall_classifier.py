@@ -110,7 +110,10 @@ def classify_synthetic_falls(syn: dict, real: dict, normalize, cfg: FallClassifi
                              *, seed: int) -> tuple[dict, dict]:
     """The synthetic arrays relabelled: a classifier trained on the real arrays (observations,
     actions, terminals), ``normalize`` applied to observations, then ``label_falls``. Returns
-    (arrays, info: the classifier's held-out report and the label counts)."""
+    (arrays, info: the classifier's held-out report and the label counts). Data without a
+    single fall (halfcheetah) has nothing to learn: the arrays come back as they are."""
+    if not np.any(real["terminals"]):
+        return syn, {"fall_classifier": "no falls in the real data: nothing to learn"}
     predict, info = train_fall_classifier(normalize(real["observations"]), real["actions"],
                                           real["terminals"], cfg, device, seed=seed)
     labelled, counts = label_falls(syn, predict(normalize(syn["observations"]), syn["actions"]),
