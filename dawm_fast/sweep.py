@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -84,7 +85,9 @@ def world_model_fingerprint_of(train_args: list[str]) -> str:
 
 
 def measured_minutes(jobs: list[Job], sweep_dir: Path) -> dict[str, float]:
-    """Mean measured minutes per job kind ("wm", "td3bc", "iql") over this sweep's finished jobs."""
+    """Median measured minutes per job kind ("wm", "td3bc", "iql") over this sweep's finished jobs.
+    The median, because runs copied in from another machine or made under other load (a resumed
+    sweep) can take several times as long as the rest and would skew a mean."""
     times: dict[str, list[float]] = {}
     for job in jobs:
         run = sweep_dir / job.name
@@ -97,7 +100,7 @@ def measured_minutes(jobs: list[Job], sweep_dir: Path) -> dict[str, float]:
         except (OSError, ValueError, KeyError):
             continue
         times.setdefault(job.timing_kind, []).append(wall / 60)
-    return {k: sum(v) / len(v) for k, v in times.items()}
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def job_minutes(jobs: list[Job], sweep_dir: Path, preset: str) -> dict[str, float]:

@@ -213,3 +213,25 @@ def test_eta_sums_each_jobs_expected_minutes_and_learns_from_jobs_that_ended():
     # a world model that took 60 minutes here: the next one is expected to as well
     ended = {"wm/a": JobOutcome(wm0, "done", 3600.0), "x": JobOutcome(iql, "skipped")}
     assert ETA(expected, ended, workers=1).left_s([wm1, iql], {}, now) == 60 * (60 + 30)
+
+
+def test_a_world_model_without_its_synthetic_data_is_not_finished_and_eta_takes_the_median(tmp_path):
+    """An exported wm/ dir copied back into a sweep says generation is done but has no
+    synthetic.npz: the sweep must rerun it, not skip it and fail the DAWM runs that read it. The
+    planned minutes take the median of a kind's finished runs, so one slow copied-in run does not
+    skew them."""
+    from dawm_fast.experiments.grid import Job
+    wm = Job(name="wm/a", kind="wm", task="hopper-medium-replay", seed=0, args=[])
+    run = tmp_path / "wm" / "a"
+    run.mkdir(parents=True)
+    (run / "progress.json").write_text(json.dumps({"done": {"generation": {"wall_s": 600.0}}}))
+    assert not wm.finished(tmp_path)
+    (run / "synthetic.npz").write_bytes(b"")
+    assert wm.finished(tmp_path)
+    rl = [Job(name=f"rl/{k}", kind="rl", task="hopper-medium-replay", seed=k, args=[],
+              algo="td3bc") for k in range(3)]
+    for job, minutes in zip(rl, (15.0, 16.0, 64.0)):
+        (tmp_path / job.name).mkdir(parents=True)
+        (tmp_path / job.name / "results.json").write_text(
+            json.dumps({"wall_time_s": {"rl": 60 * minutes - 30, "evaluation": 30.0}}))
+    assert sweep.measured_minutes([wm, *rl], tmp_path) == {"wm": 10.0, "td3bc": 16.0}

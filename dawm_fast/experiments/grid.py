@@ -85,11 +85,15 @@ class Job:
         return "logs/" + self.name.replace("/", "__") + ".log"
 
     def finished(self, sweep_dir: Path) -> bool:
-        """A world-model job is finished when its generation stage is, an RL job when its
+        """A world-model job is finished when its generation stage is and synthetic.npz is there
+        (an exported wm/ dir copied back says generation is done but has no synthetic data: the
+        sweep reruns it and the pipeline redoes the missing stage), an RL job when its
         results.json exists."""
         run = sweep_dir / self.name
         if self.kind == "rl":
             return (run / "results.json").exists()
+        if not (run / "synthetic.npz").exists():
+            return False
         try:
             return "generation" in json.loads((run / "progress.json").read_text())["done"]
         except (OSError, ValueError, KeyError):
