@@ -2,7 +2,7 @@
 model under several return targets, each replayed in the simulator (issue #18).
 
     python benchmarks/guidance_diagnosis.py SWEEP/wm/<task>_seed<s>_<fingerprint> \
-        --targets 0.7,0.5,own --weights 1.2 --starts 5000 [--json out.json]
+        --targets 0.7,0.5,own --weights 1.2 --starts 5000 [--judge RL_RUN] [--json out.json]
 
 A target is a normalized return-to-go g (the pipeline's --target-return) or `own`: each start's
 own discounted return-to-go in the data (what the world model saw beside that state in training).
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from value_diagnosis import data_stats, synthetic_check
+from value_diagnosis import data_stats, load_run, synthetic_check, target_bias
 
 
 def generate(pipe, model, idm, rows: np.ndarray, g: np.ndarray, weight: float,
@@ -57,6 +57,10 @@ def main(argv=None) -> None:
     p.add_argument("--starts", type=int, default=5000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--judge", type=Path,
+                   help="an RL run dir with agent.pt (a plain run): also report the TD-target "
+                        "bias of each variant's synthetic rows against the simulator's under its "
+                        "critic, by window step (value_diagnosis.target_bias)")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -76,6 +80,14 @@ def main(argv=None) -> None:
         rng = np.random.default_rng(args.seed)
         rows = rng.choice(len(ds), args.starts, replace=False)
         model, idm = pipe.load_world_model(), pipe.load_idm()      # once for every variant
+        judge = None
+        if args.judge:
+            from dawm_fast.rl.buffer import compute_obs_stats, iql_reward_scale
+
+            judge_cfg, judge = load_run(args.judge)
+            mean, std = compute_obs_stats(ds.observations)
+            scale = (iql_reward_scale(ds.rewards, ds.episode_ends) if judge_cfg.algo == "iql"
+                     and judge_cfg.iql.normalize_reward else None)
         results = []
         for weight in (float(w) for w in args.weights.split(",")):
             for target in args.targets.split(","):
@@ -84,6 +96,10 @@ def main(argv=None) -> None:
                 res = {"target": target, "guidance_weight": weight,
                        "target_mean": float(g.mean()), "data": data_stats(syn),
                        "simulator": synthetic_check(cfg.env, syn, real, args.seed + 1)}
+                if judge is not None:
+                    res["target_bias"] = target_bias(judge, judge_cfg.algo, cfg.env, syn, mean,
+                                                     std, scale, len(syn["rewards"]),
+                                                     args.seed + 2)
                 print(json.dumps(res), flush=True)
                 results.append(res)
     if args.json:

@@ -18,6 +18,10 @@ _seed<s>`, their agent.pt) and the DAWM run's synthetic transitions, and prints:
 - the simulator check of the synthetic rows (dawm_fast.evaluation.dynamics_check): state and
   reward errors, falls missed and made up one step at a time and over whole windows replayed open
   loop from their real start state;
+- target bias: on synthetic rows replayed in the simulator, the agent's TD target of the
+  synthetic (r, s', d) minus that of the simulator's for the same (s, a), split into the reward's,
+  the next state's and the terminal flag's parts (with the plain agent as the judge, a positive
+  next-state part is a world model generating better next states than its (s, a) reach);
 - value calibration: the agent's Q(s, pi(s)) on the states its own policy visits in `episodes`
   fresh episodes, beside the discounted return that followed (states with at least 300 steps of
   episode left or a termination ahead only, so a cut episode's missing tail cannot bias it). A
@@ -129,6 +133,56 @@ def rollout_calibration(agent, algo: str, env_id: str, episodes: int, seed: int,
             "overestimate": float((q - g).mean()) if q.size else None}
 
 
+@torch.no_grad()
+def target_bias(agent, algo: str, env: str, syn: dict, mean, std, reward_scale: float | None,
+                n: int, seed: int) -> dict:
+    """How far the TD targets of synthetic rows sit from the targets the true dynamics would give
+    the same (s, a), under this agent's own target (TD3+BC: target critic at the target actor's
+    action; IQL: V). Each row is replayed in the simulator; the difference splits exactly into
+    the reward's error, the next state's (its value under the agent, gamma V(s'_syn) -
+    gamma V(s'_sim), where the simulator goes on) and the terminal flag's. With the plain agent as
+    the judge, a positive next-state part means the world model generates next states better than
+    the ones its (s, a) reach: optimism a DAWM critic learns from."""
+    from dawm_fast.data.tasks import env_family
+    from dawm_fast.evaluation.dynamics_check import pins_down_state, simulate, window_positions
+
+    family = env_family(env)
+    obs = np.asarray(syn["observations"])
+    position = window_positions(obs, np.asarray(syn["next_observations"]))
+    rows = np.flatnonzero(pins_down_state(family, obs))
+    rows = np.random.default_rng(seed).choice(rows, min(n, len(rows)), replace=False)
+    act = np.asarray(syn["actions"])[rows]
+    sim_next, sim_r, sim_d = simulate(family, obs[rows], act)
+    scale = reward_scale or 1.0
+
+    def value(next_obs: np.ndarray) -> torch.Tensor:
+        x = torch.as_tensor(((next_obs - mean) / std).astype(np.float32))
+        if algo == "td3bc":
+            return torch.min(*agent.critic_target(x, agent.actor_target(x)))
+        return agent.vf(x)
+
+    v_syn = value(np.asarray(syn["next_observations"])[rows])
+    v_sim = value(sim_next)
+    d_syn = torch.as_tensor(np.asarray(syn["terminals"])[rows].astype(np.float32))
+    d_sim = torch.as_tensor(sim_d.astype(np.float32))
+    g = agent.gamma
+    parts = {"reward": scale * (torch.as_tensor(np.asarray(syn["rewards"])[rows]).float()
+                                - torch.as_tensor(sim_r).float()),
+             "next_state": g * (1 - d_sim) * (v_syn - v_sim),
+             "terminal": g * (d_sim - d_syn) * v_syn}
+    total = sum(parts.values())
+    out = {f"{k}_mean": float(v.mean()) for k, v in parts.items()}
+    out.update(rows=int(len(rows)), total_mean=float(total.mean()),
+               total_rms=float(total.square().mean().sqrt()),
+               next_state_value_sim=float(v_sim.mean()),
+               # step 0 has the real a_t, later steps the inferred actions along the window
+               by_window_step={name: [float(v[position[rows] == k].mean())
+                                      for k in range(int(position.max()) + 1)
+                                      if (position[rows] == k).any()]
+                               for name, v in {**parts, "total": total}.items()})
+    return out
+
+
 def coverage(real_obs: np.ndarray, episode_ends: np.ndarray, syn_next: np.ndarray,
              mean, std, n_query: int, rng: np.random.Generator) -> dict:
     """Nearest-real-state distance (standardized) of synthetic next states vs of real states of
@@ -183,7 +237,7 @@ def data_stats(arrays: dict) -> dict:
 
 
 def diagnose_seed(sweep: Path, env: str, algo: str, seed: int, rows: int, episodes: int,
-                  plain_sweep: Path | None = None) -> dict:
+                  plain_sweep: Path | None = None, bias_rows: int = 5_000) -> dict:
     from dawm_fast.data.dataset import run_subset
     from dawm_fast.data.loader import load_dataset
     from dawm_fast.rl.buffer import compute_obs_stats, iql_reward_scale
@@ -234,6 +288,8 @@ def diagnose_seed(sweep: Path, env: str, algo: str, seed: int, rows: int, episod
         score = json.loads((runs[arm] / "results.json").read_text()).get("final_score_mean")
         out[arm] = {"final_score": score,
                     **{name: agent_on(agent, algo, t) for name, t in sets.items()},
+                    "target_bias": target_bias(agent, algo, env, syn, mean, std, scale,
+                                               bias_rows, seed),
                     "calibration": rollout_calibration(agent, algo, ds.eval_env_id, episodes,
                                                        20_000 + seed * 100, run_cfg.gamma, scale)}
     return out

@@ -30,6 +30,8 @@ BACKENDS = ("auto", "reference", "fast")
 # The layout of config.json. Older layouts are read through migrate_config_dict.
 CONFIG_VERSION = 5
 
+TARGET_MODES = ("fixed", "own")     # PipelineConfig.target_mode
+
 # Normalized target return-to-go (g / task scale) used for guidance at sampling time: the middle of
 # the ranges DWM reports (REFERENCE.md), by env and dataset kind.
 _TARGET_RETURN = {
@@ -119,6 +121,16 @@ class PipelineConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     n_synthetic_starts: int = 200_000     # real (s_t, a_t) starts; each gives up to T-1 transitions
     target_return: float | None = None    # normalized g for guidance; None: per-task default
+    # How each start's guidance target g is set: "fixed" (every start the same g: target_return,
+    # else the per-task default, the middle of DWM's ranges) or "own" (the start's own discounted
+    # return-to-go in the data, the g the world model saw beside that start in training, times
+    # target_gain). DWM's ranges were set for D4RL's data: on the embedded datasets the default
+    # sits at or above the largest return-to-go in the data (walker2d-medium-replay 0.7 vs max
+    # 0.70, halfcheetah-medium-replay 0.5 vs 0.39), and guidance that far out bends the dynamics:
+    # generated next states worth more, under a plain critic, than those their (s, a) reach in
+    # the simulator, and fewer falls (benchmarks/guidance_diagnosis.py, RESULTS.md).
+    target_mode: str = "fixed"
+    target_gain: float = 1.0
     # Read the idm / world_model / generation products from this run directory instead of making
     # them (a sweep trains one world model per task, seed and world-model settings and shares it
     # across algorithms and ratios); it must have the same world_model_fingerprint. A relative
@@ -147,6 +159,12 @@ class PipelineConfig:
     final_eval_episodes: int = 10         # episodes of the final evaluation
     progress_every_s: float = 10.0        # seconds between progress lines
 
+    def target_description(self) -> str:
+        """The guidance target in words, for logs."""
+        if self.target_mode == "own":
+            return f"each start's own return-to-go x {self.target_gain:g}"
+        return f"{self.resolved_target_return():.2f} for every start"
+
     def resolved_target_return(self) -> float:
         return self.target_return if self.target_return is not None else \
             default_target_return(self.env)
@@ -170,7 +188,8 @@ class PipelineConfig:
 # world_model, generation) produce: two configs that agree on WORLD_MODEL_FIELDS make the same
 # world model and synthetic data, whatever their algorithm, synthetic ratio or RL settings.
 SYNTHETIC_DATA_FIELDS = ("idm", "state_normalizer", "world_model", "windows_past_falls",
-                         "past_fall_reward", "wm_training", "sampling", "n_synthetic_starts", "target_return")
+                         "past_fall_reward", "wm_training", "sampling", "n_synthetic_starts", "target_return",
+                         "target_mode", "target_gain")
 # Decide the synthetic data the RL stage trains on, after the world model made it (so not part
 # of the world model's fingerprint); a plain run reads none of them either.
 SYNTHETIC_LABEL_FIELDS = ("synthetic_terminals", "fall_classifier")
@@ -184,11 +203,14 @@ def world_model_fingerprint(cfg: "PipelineConfig") -> str:
     It hashes those values in config layout 1, so that a refactor of the config does not orphan
     the world models sweeps have already trained (their directories are named by it)."""
     d = cfg.to_dict()
-    key = {k: d[k] for k in WORLD_MODEL_FIELDS if k not in ("wm_training", "target_return")}
+    key = {k: d[k] for k in WORLD_MODEL_FIELDS
+           if k not in ("wm_training", "target_return", "target_mode", "target_gain")}
     key["idm"] = {**key["idm"], "seed": 0}          # layout 1 kept an unused idm.seed of 0
     key.update({old: d["wm_training"][new] for old, new in _V1_WORLD_MODEL_TRAINING.items()
                 if old != "wm_checkpoint_every"})   # the cadence never decided the model
-    key["target_return"] = cfg.resolved_target_return()
+    # fixed targets hash as layout 1 did (one number), so their world models keep their names
+    key["target_return"] = (cfg.resolved_target_return() if cfg.target_mode == "fixed"
+                            else {"own_times": cfg.target_gain})
     if not key["windows_past_falls"] or key["past_fall_reward"] == "zero":
         del key["past_fall_reward"]                 # layout 3's only way
     if not key["windows_past_falls"]:
@@ -447,6 +469,11 @@ def config_problems(cfg: PipelineConfig, name=lambda field: field) -> list[str]:
     if not 0 < cfg.fall_classifier.threshold < 1:
         problems.append(f"{name('fall_classifier.threshold')} must be in (0, 1), got "
                         f"{cfg.fall_classifier.threshold!r}")
+    if cfg.target_mode not in TARGET_MODES:
+        problems.append(f"{name('target_mode')} must be one of {', '.join(TARGET_MODES)}, got "
+                        f"{cfg.target_mode!r}")
+    if not cfg.target_gain > 0:
+        problems.append(f"{name('target_gain')} must be > 0, got {cfg.target_gain!r}")
     if cfg.past_fall_reward not in PAST_FALL_REWARDS:
         problems.append(f"{name('past_fall_reward')} must be one of "
                         f"{', '.join(PAST_FALL_REWARDS)}, got {cfg.past_fall_reward!r}")

@@ -20,7 +20,8 @@ import torch
 from dawm_fast import backends, distributed
 from dawm_fast.config import (STATE_NORMALIZERS, PipelineConfig, config_from_dict,
                               world_model_fingerprint)
-from dawm_fast.data import MinMaxNormalizer, Normalizer, OfflineDataset, load_dataset
+from dawm_fast.data import (MinMaxNormalizer, Normalizer, OfflineDataset, discounted_returns_to_go,
+                            load_dataset)
 from dawm_fast.data.dataset import run_subset
 from dawm_fast.data.fingerprint import data_fingerprint, fingerprint_difference
 from dawm_fast.data.tasks import parse_task
@@ -53,7 +54,8 @@ RESULT_FIELDS = {
     "idm": ("idm_heldout_action_mse",),
     "generation": ("action_consistency_mse", "one_step_state_mse", "copy_state_mse",
                    "synthetic_clipped_fraction", "replay_state_error", "replay_still_error",
-                   "replay_reward_rmse", "synthetic_transitions", "generation_transitions_per_s"),
+                   "replay_reward_rmse", "synthetic_transitions", "generation_transitions_per_s",
+                   "target_return_mean"),
     "rl": ("label_action_mse", "label_replay_state_error", "falls_marked_by_health_check",
            "falls_added_by_classifier", "rows_dropped_after_falls", "synthetic_falls",
            "classifier_heldout_recall"),
@@ -318,6 +320,15 @@ class Pipeline:
         return model.eval()
 
     # -- stage: generation -----------------------------------------------------------------------
+    def guidance_targets(self, rows: np.ndarray) -> np.ndarray:
+        """float32 [n]: the normalized return-to-go each start (dataset row) is guided toward."""
+        cfg, ds = self.cfg, self.dataset
+        if cfg.target_mode == "own":
+            # the g make_windows pairs with a window starting at that row
+            own = discounted_returns_to_go(ds.rewards, ds.episode_ends, cfg.gamma)
+            return (cfg.target_gain * own[rows] / self.family.rtg_scale).astype(np.float32)
+        return np.full(len(rows), cfg.resolved_target_return(), np.float32)
+
     def stage_generation(self) -> dict:
         cfg, ds = self.cfg, self.dataset
         model, idm = self.load_world_model(), self.load_idm()
@@ -327,8 +338,8 @@ class Pipeline:
         rows = rng.choice(len(ds), n, replace=n > len(ds))
         s0 = torch.as_tensor(self.state_norm.normalize(ds.observations[rows]), device=self.device)
         a0 = torch.as_tensor(ds.actions[rows], device=self.device)
-        g = torch.full((n,), cfg.resolved_target_return(), device=self.device)
-        print(f"[generation] {n:,} starts, target return {cfg.resolved_target_return():.2f}, "
+        g = torch.as_tensor(self.guidance_targets(rows), device=self.device)
+        print(f"[generation] {n:,} starts, target return {cfg.target_description()}, "
               f"guidance w {cfg.sampling.guidance_weight}, {cfg.sampling.n_sampling_steps} DDIM "
               f"steps, backend {cfg.backend}; step-0 rewards "
               f"{'from the dataset' if cfg.sampling.real_first_reward else 'generated'}",
@@ -352,7 +363,7 @@ class Pipeline:
             raise RunError(f"[generation] the synthetic '{bad[0]}' hold NaN or inf (not saved); "
                            f"the world model or IDM made them: rerun in another --out with a "
                            f"lower --set wm_training.lr=... (now {cfg.wm_training.lr:g}) or "
-                           f"another --target-return (now {cfg.resolved_target_return():g})")
+                           f"another --target-return (now {cfg.target_description()})")
         tmp = self.out / "synthetic.tmp.npz"
         np.savez(tmp, **syn)
         os.replace(tmp, self.out / "synthetic.npz")
@@ -372,7 +383,8 @@ class Pipeline:
         return {"synthetic_transitions": n_syn, "action_consistency_mse": consistency,
                 "one_step_state_mse": step_mse, "copy_state_mse": copy_mse,
                 "synthetic_clipped_fraction": clipped, "dropped_clipped_terminals": dropped,
-                "generation_transitions_per_s": rate, **replay}
+                "generation_transitions_per_s": rate, "target_return_mean": float(g.mean()),
+                **replay}
 
     def _replay_check(self, syn: dict) -> dict:
         """A diagnostic, never a filter: up to 5,000 synthetic transitions replayed in the

@@ -1,5 +1,7 @@
 """The whole pipeline on the smoke preset: every stage, resume, results, and bad input."""
+import dataclasses
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -154,6 +156,9 @@ def test_plain_baseline_skips_the_world_model(smoke_data, tmp_path):
     (["--env", "walker2d-medium", "--backend", "turbo"], "unknown --backend"),
     (["--env", "walker2d-medium", "--device", "cuda"], "use --device cpu"),
     (["--env", "walker2d-medium", "--synthetic-ratio", "1.5"], "must be in [0, 1]"),
+    (["--env", "walker2d-medium", "--set", "target_mode=best"],
+     "target_mode=... must be one of fixed, own"),
+    (["--env", "walker2d-medium", "--set", "target_gain=0"], "target_gain=... must be > 0"),
 ])
 def test_bad_arguments_say_what_to_do(args, message, capsys, tmp_path):
     if "cuda" in args and torch.cuda.is_available():
@@ -226,3 +231,32 @@ def test_fast_backend_smoke_matches_reference_samples(smoke_data, tmp_path):
                                        atol=1e-3, err_msg=key)
         for key in ("actions", "rewards", "terminals"):
             np.testing.assert_allclose(f[key], r[key], rtol=1e-3, atol=1e-3, err_msg=key)
+
+
+def test_own_return_targets_guide_each_start_toward_its_own_return(smoke_data, tmp_path, capsys):
+    """target_mode=own: each start's g is the return-to-go the world model saw beside that start
+    in training (make_windows), times target_gain; it names another world model than a fixed
+    target does, and fixed targets keep the names they had."""
+    from dawm_fast.config import config_from_dict, world_model_fingerprint
+    from dawm_fast.data import make_windows
+    from dawm_fast.pipeline import Pipeline
+
+    out = tmp_path / "own"
+    assert run(out, "--set", "target_mode=own", "--set", "target_gain=1.3",
+               "--until", "generation") == 0
+    assert "each start's own return-to-go x 1.3" in capsys.readouterr().out
+    done = json.loads((out / "progress.json").read_text())["done"]
+    assert done["generation"]["target_return_mean"] > 0
+    cfg = config_from_dict(json.loads((out / "config.json").read_text()))
+    shutil.copytree(out / "normalizers", tmp_path / "inspect" / "normalizers")
+    pipe = Pipeline(cfg, tmp_path / "inspect")      # read-only look at the run's data
+    pipe.stage_data()
+    w = make_windows(pipe.dataset, cfg.world_model.horizon, cfg.gamma, pipe.family.rtg_scale)
+    rows = np.random.default_rng(0).choice(w.start_index, 50, replace=False)
+    in_windows = w.returns_to_go[np.searchsorted(w.start_index, rows)]
+    np.testing.assert_allclose(pipe.guidance_targets(rows), 1.3 * in_windows, rtol=1e-5)
+    fixed = dataclasses.replace(cfg, target_mode="fixed", target_gain=1.0)
+    assert len({world_model_fingerprint(c) for c in
+                (cfg, fixed, dataclasses.replace(cfg, target_gain=1.0))}) == 3
+    assert world_model_fingerprint(dataclasses.replace(fixed, target_gain=2.0)) == \
+        world_model_fingerprint(fixed)      # the gain only scales "own" targets
