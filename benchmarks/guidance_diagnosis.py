@@ -4,8 +4,9 @@ model under several return targets, each replayed in the simulator (issue #18).
     python benchmarks/guidance_diagnosis.py SWEEP/wm/<task>_seed<s>_<fingerprint> \
         --targets 0.7,0.5,own --weights 1.2 --starts 5000 [--judge RL_RUN] [--json out.json]
 
-A target is a normalized return-to-go g (the pipeline's --target-return) or `own`: each start's
-own discounted return-to-go in the data (what the world model saw beside that state in training).
+A target is a normalized return-to-go g (the pipeline's --target-return) or `own[*GAIN]`: each
+start's own discounted return-to-go in the data (what the world model saw beside that state in
+training), times GAIN (the pipeline's target_mode=own, target_gain).
 For each (target, guidance weight) the same starts are generated and the synthetic transitions
 checked in the simulator (dawm_fast.evaluation.dynamics_check: falls missed and made up, one step
 at a time and over whole windows replayed open loop from their real start). If the model bends physics to meet
@@ -45,9 +46,20 @@ def generate(pipe, model, idm, rows: np.ndarray, g: np.ndarray, weight: float,
                                 "terminals")}
 
 
+def targets(cfg, ds, rtg_scale: float, rows: np.ndarray, target: str) -> np.ndarray:
+    """A --targets entry's g for each start: a number, `own` or `own*GAIN` (target_mode=own)."""
+    from dawm_fast.pipeline import guidance_targets
+
+    if target.startswith("own"):
+        gain = float(target.split("*", 1)[1]) if "*" in target else 1.0
+        cfg = dataclasses.replace(cfg, target_mode="own", target_gain=gain)
+    else:
+        cfg = dataclasses.replace(cfg, target_mode="fixed", target_return=float(target))
+    return guidance_targets(cfg, ds, rtg_scale, rows)
+
+
 def main(argv=None) -> None:
     from dawm_fast.config import config_from_dict
-    from dawm_fast.data.windows import discounted_returns_to_go
     from dawm_fast.pipeline import Pipeline
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -75,8 +87,6 @@ def main(argv=None) -> None:
         ds = pipe.dataset
         real = {k: getattr(ds, k) for k in ("observations", "actions", "rewards",
                                             "next_observations", "terminals")}
-        own = discounted_returns_to_go(ds.rewards, ds.episode_ends, cfg.gamma) \
-            / pipe.family.rtg_scale
         rng = np.random.default_rng(args.seed)
         rows = rng.choice(len(ds), args.starts, replace=False)
         model, idm = pipe.load_world_model(), pipe.load_idm()      # once for every variant
@@ -91,7 +101,7 @@ def main(argv=None) -> None:
         results = []
         for weight in (float(w) for w in args.weights.split(",")):
             for target in args.targets.split(","):
-                g = own[rows] if target == "own" else np.full(len(rows), float(target))
+                g = targets(cfg, ds, pipe.family.rtg_scale, rows, target)
                 syn = generate(pipe, model, idm, rows, g, weight, args.seed + 4)
                 res = {"target": target, "guidance_weight": weight,
                        "target_mean": float(g.mean()), "data": data_stats(syn),

@@ -67,6 +67,16 @@ OPTIONAL_RESULT_FIELDS = {"evaluation": ("dataset_score_mean", "dataset_score_st
                                          "dataset_reference")}
 
 
+def guidance_targets(cfg: PipelineConfig, ds: OfflineDataset, rtg_scale: float,
+                     rows: np.ndarray) -> np.ndarray:
+    """float32 [n]: the normalized return-to-go cfg guides each start (row of ds) toward."""
+    if cfg.target_mode == "own":
+        # the g make_windows pairs with a window starting at that row
+        own = discounted_returns_to_go(ds.rewards, ds.episode_ends, cfg.gamma)
+        return (cfg.target_gain * own[rows] / rtg_scale).astype(np.float32)
+    return np.full(len(rows), cfg.resolved_target_return(), np.float32)
+
+
 class Pipeline:
     def __init__(self, cfg: PipelineConfig, out: Path, world: World = World()):
         if cfg.backend == "auto":
@@ -322,12 +332,7 @@ class Pipeline:
     # -- stage: generation -----------------------------------------------------------------------
     def guidance_targets(self, rows: np.ndarray) -> np.ndarray:
         """float32 [n]: the normalized return-to-go each start (dataset row) is guided toward."""
-        cfg, ds = self.cfg, self.dataset
-        if cfg.target_mode == "own":
-            # the g make_windows pairs with a window starting at that row
-            own = discounted_returns_to_go(ds.rewards, ds.episode_ends, cfg.gamma)
-            return (cfg.target_gain * own[rows] / self.family.rtg_scale).astype(np.float32)
-        return np.full(len(rows), cfg.resolved_target_return(), np.float32)
+        return guidance_targets(self.cfg, self.dataset, self.family.rtg_scale, rows)
 
     def stage_generation(self) -> dict:
         cfg, ds = self.cfg, self.dataset
