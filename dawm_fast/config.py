@@ -197,6 +197,20 @@ WORLD_MODEL_FIELDS = ("env", "seed", "backend", "data_source", "data_path", "max
                       "episode_fraction", "gamma") + SYNTHETIC_DATA_FIELDS
 
 
+# The synthetic-data fields that act at generation only: world models that differ in these alone
+# share one trained IDM and diffusion model (experiments/reuse.py trains it once).
+GENERATION_FIELDS = ("sampling", "n_synthetic_starts", "target_return", "target_mode",
+                     "target_gain")
+
+
+def world_model_training_fingerprint(cfg: "PipelineConfig") -> str:
+    """A short hash of everything that decides a run's trained IDM and world model (not what it
+    generates with them)."""
+    d = cfg.to_dict()
+    key = {k: d[k] for k in WORLD_MODEL_FIELDS if k not in GENERATION_FIELDS}
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
 def world_model_fingerprint(cfg: "PipelineConfig") -> str:
     """A short hash of everything that decides a run's world model and synthetic data.
 

@@ -54,6 +54,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="local engine: GPUs to hand out to runs (default: all torch sees)")
     p.add_argument("--dry-run", action="store_true",
                    help="print the plan and its estimated time; run nothing")
+    p.add_argument("--reuse-world-models", type=Path, action="append", default=[],
+                   metavar="SWEEP",
+                   help="another sweep directory whose trained world models a world-model job "
+                        "of this one starts from when they differ only in generation settings "
+                        "(target return, sampling); this sweep's own are always looked at")
     p.add_argument("--force", action="store_true",
                    help="add runs to a sweep directory made with other settings")
     return p.parse_args(argv)
@@ -75,13 +80,18 @@ def parse_seeds(text: str) -> list[int]:
     return sorted(set(seeds))
 
 
-def world_model_fingerprint_of(train_args: list[str]) -> str:
-    """The fingerprint the train CLI's own config gives these arguments (bad ones stop here,
-    with the CLI's one-line error)."""
+def config_of(train_args: list[str]):
+    """The PipelineConfig the train CLI's own parsing makes of these arguments (bad ones stop
+    here, with the CLI's one-line error)."""
     from dawm_fast import train
+
+    return train.build_config(train.parse_args(train_args))
+
+
+def world_model_fingerprint_of(train_args: list[str]) -> str:
     from dawm_fast.config import world_model_fingerprint
 
-    return world_model_fingerprint(train.build_config(train.parse_args(train_args)))
+    return world_model_fingerprint(config_of(train_args))
 
 
 def measured_minutes(jobs: list[Job], sweep_dir: Path) -> dict[str, float]:
@@ -158,12 +168,19 @@ def main(argv=None) -> int:
             args.device is None and torch.cuda.is_available()) else "cpu")
         settings = SweepSettings(preset=preset, backend=sweep_backend(args), device=args.device,
                                  overrides=tuple(args.set))
+        for other in args.reuse_world_models:
+            if not (other / "wm").is_dir():
+                raise GridError(f"--reuse-world-models {other} has no wm/ directory: give a "
+                                f"sweep directory (the --out of another sweep)")
         jobs = plan(tasks, algos, arms, seeds, settings, world_model_fingerprint_of)
         out = args.out
         if args.dry_run:
             print_plan(jobs, out, preset, args.workers if args.engine == "local" else 1)
             return 0
         check_settings(out, settings, args.force)
+        from dawm_fast.experiments.reuse import reuse_trained_world_models
+        for line in reuse_trained_world_models(jobs, out, args.reuse_world_models, config_of):
+            print(f"[sweep] {line}", flush=True)
         print_plan(jobs, out, preset, args.workers if args.engine == "local" else 1)
         visible = torch.cuda.device_count()
         gpus_per_run = args.gpus_per_run if args.gpus_per_run is not None else \
