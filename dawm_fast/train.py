@@ -54,7 +54,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--rl-steps", type=int, default=None)
     p.add_argument("--wm-steps", type=int, default=None)
     p.add_argument("--target-return", type=float, default=None,
-                   help="normalized return-to-go for guidance (default: per task)")
+                   help="guide every start toward this normalized return-to-go (default: "
+                        "each start toward its own return-to-go in the data, target_mode=own)")
     p.add_argument("--until", default=None,
                    help="stop after this stage (data, idm, world_model, generation, rl); "
                         "rerun without it to continue")
@@ -107,6 +108,8 @@ def build_config(args: argparse.Namespace):
     for name in ("synthetic_ratio", "rl_steps", "target_return"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
+    if args.target_return is not None:
+        overrides["target_mode"] = "fixed"      # one target for every start
     if not 0.0 <= overrides.get("synthetic_ratio", 0.0) <= 1.0:
         die(f"--synthetic-ratio must be in [0, 1], got {args.synthetic_ratio}")
     cfg = preset_config(preset, args.env, args.algo, **overrides)

@@ -28,7 +28,7 @@ def test_a_layout_1_config_reads_as_todays_preset(layout_1):
     want = preset_config("cpu", "hopper-medium-replay", "td3bc", seed=0, backend="reference",
                          synthetic_ratio=0.5, world_model_dir=layout_1["config"]["world_model_dir"],
                          windows_past_falls=False, past_fall_reward="zero",
-                         synthetic_terminals="health")
+                         synthetic_terminals="health", target_mode="fixed")
     assert cfg == want
     assert cfg.wm_training.steps == 12_000 and cfg.wm_training.ema.start_step == 500
     assert cfg.wm_training.checkpoint_every == 1_000 and cfg.wm_training.lr == 1e-4
@@ -50,10 +50,11 @@ def test_layout_2_trained_without_windows_past_falls_and_keeps_its_fingerprint()
     assert today.windows_past_falls
     d = json.loads(json.dumps(today.to_dict()))
     d["config_version"] = 2
-    del d["windows_past_falls"], d["past_fall_reward"]
+    del d["windows_past_falls"], d["past_fall_reward"], d["target_mode"], d["target_gain"]
     old = config_from_dict(d)
     assert not old.windows_past_falls
     assert config_differences(d, today.to_dict()) == ["past_fall_reward: 'zero' vs 'hold'",
+                                                      "target_mode: 'fixed' vs 'own'",
                                                       "windows_past_falls: False vs True"]
     # what layout 2 hashed (every world-model field it had) names the same directory today...
     assert world_model_fingerprint(old) == _layout_2_fingerprint(d)
@@ -151,3 +152,18 @@ def test_layout_4_labelled_falls_by_the_health_check_and_the_labels_leave_the_wo
                                                       "'classifier'"]
     # labelled when the RL stage loads the data: the same world model serves both
     assert world_model_fingerprint(old) == world_model_fingerprint(today)
+
+
+def test_layout_5_guided_every_start_to_one_target():
+    today = preset_config("cpu", "walker2d-medium-replay", "td3bc", seed=1)
+    assert today.target_mode == "own"
+    d = json.loads(json.dumps(today.to_dict()))
+    d["config_version"] = 5
+    del d["target_mode"], d["target_gain"]
+    old = config_from_dict(d)
+    assert (old.target_mode, old.target_gain) == ("fixed", 1.0)
+    assert config_differences(d, today.to_dict()) == ["target_mode: 'fixed' vs 'own'"]
+    # another synthetic data set, so another world-model directory; the same trained model
+    assert world_model_fingerprint(old) != world_model_fingerprint(today)
+    from dawm_fast.config import world_model_training_fingerprint
+    assert world_model_training_fingerprint(old) == world_model_training_fingerprint(today)

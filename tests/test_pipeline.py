@@ -159,6 +159,8 @@ def test_plain_baseline_skips_the_world_model(smoke_data, tmp_path):
     (["--env", "walker2d-medium", "--set", "target_mode=best"],
      "target_mode=... must be one of fixed, own"),
     (["--env", "walker2d-medium", "--set", "target_gain=0"], "target_gain=... must be > 0"),
+    (["--env", "walker2d-medium", "--set", "target_return=0.5"],
+     "is one fixed target for every start; it needs target_mode=fixed"),
 ])
 def test_bad_arguments_say_what_to_do(args, message, capsys, tmp_path):
     if "cuda" in args and torch.cuda.is_available():
@@ -260,3 +262,7 @@ def test_own_return_targets_guide_each_start_toward_its_own_return(smoke_data, t
                 (cfg, fixed, dataclasses.replace(cfg, target_gain=1.0))}) == 3
     assert world_model_fingerprint(dataclasses.replace(fixed, target_gain=2.0)) == \
         world_model_fingerprint(fixed)      # the gain only scales "own" targets
+    # --target-return is one fixed target for every start
+    flag = train.build_config(train.parse_args(["--env", "walker2d-medium", "--target-return",
+                                                "0.5"]))
+    assert (flag.target_mode, flag.resolved_target_return()) == ("fixed", 0.5)

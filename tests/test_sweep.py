@@ -238,7 +238,7 @@ def test_a_world_model_without_its_synthetic_data_is_not_finished_and_eta_takes_
 
 
 def test_a_sweep_over_generation_settings_trains_each_world_model_once(store, tmp_path, capsys):
-    """Sweep B differs from sweep A only in the guidance target: its world-model job starts from
+    """Sweep B differs from sweep A only in the guidance target's gain: its world-model job starts from
     A's trained IDM and world model (copied, byte for byte) and only generates; a world model
     trained differently is not reused."""
     from dawm_fast.experiments.reuse import reuse_trained_world_models
@@ -249,7 +249,7 @@ def test_a_sweep_over_generation_settings_trains_each_world_model_once(store, tm
 
     a, b = tmp_path / "a", tmp_path / "b"
     assert sweep.main(args(a)) == 0
-    assert sweep.main(args(b, "--set", "target_mode=own", "--reuse-world-models", str(a))) == 0
+    assert sweep.main(args(b, "--set", "target_gain=1.3", "--reuse-world-models", str(a))) == 0
     assert "IDM and world model from" in capsys.readouterr().out
     (wm_a,), (wm_b,) = ((d / "wm").iterdir() for d in (a, b))
     assert wm_a.name != wm_b.name                       # another fingerprint: another directory
@@ -258,14 +258,14 @@ def test_a_sweep_over_generation_settings_trains_each_world_model_once(store, tm
     done = json.loads((wm_b / "progress.json").read_text())["done"]
     assert done["world_model"]["reused_from"] == str(wm_a) and "generation" in done
     log = (b / "logs" / f"wm__{wm_b.name}.log").read_text()
-    assert "[world_model] finished earlier" in log and "own return-to-go" in log
+    assert "[world_model] finished earlier" in log and "own return-to-go x 1.3" in log
     assert not np.array_equal(*(np.load(d / "synthetic.npz")["rewards"][:50]
                                 for d in (wm_a, wm_b)))   # generated again, with other targets
     assert (b / "rl" / f"{TASKS[1]}_td3bc_dawm_seed0" / "results.json").exists()
     # a world model trained otherwise is not a source; one that generates otherwise is
     from dawm_fast.experiments.grid import SweepSettings, plan
     settings = json.loads((a / "sweep.json").read_text())["settings"]
-    for extra, reused in (("wm_training.steps=30", 0), ("target_return=0.3", 1)):
+    for extra, reused in (("wm_training.steps=30", 0), ("target_gain=1.5", 1)):
         jobs = plan([TASKS[1]], ["td3bc"], ["dawm"], [0], SweepSettings(**{
             **settings, "overrides": (*settings["overrides"], extra)}),
             sweep.world_model_fingerprint_of)
