@@ -159,7 +159,15 @@ class MetricsLog:
     def truncate_after(self, stage: str, step: int) -> None:
         """Drop rows of `stage` beyond `step` (written after the checkpoint a resume starts
         from), so a resumed run's CSV has no duplicate or orphaned points."""
-        rows = [r for r in self.read() if not (r["stage"] == stage and int(r["step"]) > step)]
+        self._rewrite([r for r in self.read()
+                       if not (r["stage"] == stage and int(r["step"]) > step)])
+
+    def keep_stages(self, stages: tuple[str, ...]) -> None:
+        """Drop every row of the other stages (a world model reused for another generation
+        keeps its training's rows only)."""
+        self._rewrite([r for r in self.read() if r["stage"] in stages])
+
+    def _rewrite(self, rows: list[dict]) -> None:
         tmp = self.path.with_name(self.path.name + ".tmp")
         with open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, self.FIELDS)

@@ -13,14 +13,13 @@ is the job's own, and the source directory is only read.
 """
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 from pathlib import Path
 
 from dawm_fast.config import ConfigMigrationError, config_from_dict, world_model_training_fingerprint
 from dawm_fast.experiments.grid import Job
-from dawm_fast.run_io import write_json
+from dawm_fast.run_io import MetricsLog, write_json
 
 TRAINED_STAGES = ("data", "idm", "world_model")
 TRAINED_FILES = ("idm.pt", "world_model.pt")
@@ -59,12 +58,8 @@ def seed_from(source: Path, run: Path, config: dict) -> None:
     write_json(tmp / "progress.json", {"done": done})
     write_json(tmp / "config.json", config)     # what the job's run will check it resumes
     if (source / "metrics.csv").exists():
-        with open(source / "metrics.csv", newline="") as f_in, \
-                open(tmp / "metrics.csv", "w", newline="") as f_out:
-            rows = csv.reader(f_in)
-            out = csv.writer(f_out)
-            out.writerow(next(rows))
-            out.writerows(r for r in rows if r and r[0] in TRAINED_STAGES)
+        shutil.copy2(source / "metrics.csv", tmp / "metrics.csv")
+        MetricsLog(tmp / "metrics.csv").keep_stages(TRAINED_STAGES)
     tmp.rename(run)          # the job sees a whole seeded directory or none
 
 
