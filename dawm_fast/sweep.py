@@ -101,6 +101,8 @@ def measured_minutes(jobs: list[Job], sweep_dir: Path) -> dict[str, float]:
     times: dict[str, list[float]] = {}
     for job in jobs:
         run = sweep_dir / job.name
+        if not job.finished(sweep_dir):     # a stopped or seeded world model is part of one
+            continue
         try:
             if job.kind == "wm":
                 done = json.loads((run / "progress.json").read_text())["done"]
@@ -114,9 +116,24 @@ def measured_minutes(jobs: list[Job], sweep_dir: Path) -> dict[str, float]:
 
 
 def job_minutes(jobs: list[Job], sweep_dir: Path, preset: str) -> dict[str, float]:
-    """Expected minutes of each job: measured in this sweep for its kind, else the preset's."""
+    """Expected minutes of each job still to run: measured in this sweep for its kind, else the
+    preset's, less the stages a world model already has. A world model seeded by
+    --reuse-world-models (or stopped mid-way) has its training stages done and only generates:
+    counting it as a whole world model put hours of phantom time into the plan."""
     measured = measured_minutes(jobs, sweep_dir)
-    return {j.name: measured.get(j.timing_kind, j.estimated_minutes(preset)) for j in jobs}
+    minutes = {}
+    for j in jobs:
+        full = measured.get(j.timing_kind, j.estimated_minutes(preset))
+        if j.kind == "wm":
+            try:
+                done = json.loads((sweep_dir / j.name / "progress.json").read_text())["done"]
+                ran = sum(v.get("wall_s", 0.0) for v in done.values()) / 60
+            except (OSError, ValueError, KeyError, AttributeError):
+                ran = 0.0
+            # the stages left take at least a tenth of a world model (generation, the plots)
+            full = max(full - ran, 0.1 * full)
+        minutes[j.name] = full
+    return minutes
 
 
 def print_plan(jobs: list[Job], sweep_dir: Path, preset: str, workers: int) -> None:

@@ -215,6 +215,26 @@ def test_eta_sums_each_jobs_expected_minutes_and_learns_from_jobs_that_ended():
     assert ETA(expected, ended, workers=1).left_s([wm1, iql], {}, now) == 60 * (60 + 30)
 
 
+def test_a_seeded_world_model_is_planned_and_learned_from_as_its_generation_only(tmp_path):
+    """A world model seeded by --reuse-world-models has its training stages done: the plan counts
+    only what is left of it, and the ETA, when it ends in a couple of minutes, does not conclude
+    that a whole world model takes that long."""
+    from dawm_fast.experiments.grid import Job, JobOutcome
+    from dawm_fast.experiments.local_engine import ETA
+    seeded, fresh = (Job(name=f"wm/{n}", kind="wm", task="hopper-medium-replay", seed=k,
+                         args=[]) for k, n in enumerate(("seeded", "fresh")))
+    (tmp_path / "wm" / "seeded").mkdir(parents=True)
+    (tmp_path / "wm" / "seeded" / "progress.json").write_text(json.dumps({"done": {
+        "data": {"wall_s": 30.0}, "idm": {"wall_s": 30.0}, "world_model": {"wall_s": 600.0}}}))
+    full = fresh.estimated_minutes("cpu")
+    minutes = sweep.job_minutes([seeded, fresh], tmp_path, "cpu")
+    assert minutes["wm/fresh"] == full
+    assert minutes["wm/seeded"] == max(full - 11.0, 0.1 * full) < full
+    # the seeded one ran 1.5x its plan: the fresh one is expected to, too (not at its 1.5x minutes)
+    ended = {"wm/seeded": JobOutcome(seeded, "done", 60 * 1.5 * minutes["wm/seeded"])}
+    assert abs(ETA(minutes, ended, workers=1).left_s([fresh], {}, 0.0) - 60 * 1.5 * full) < 1e-6
+
+
 def test_a_world_model_without_its_synthetic_data_is_not_finished_and_eta_takes_the_median(tmp_path):
     """An exported wm/ dir copied back into a sweep says generation is done but has no
     synthetic.npz: the sweep must rerun it, not skip it and fail the DAWM runs that read it. The

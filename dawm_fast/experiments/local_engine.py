@@ -113,20 +113,24 @@ def _stop_running(running: dict) -> None:
 
 
 class ETA:
-    """Time left: each job's expected minutes (the mean of its kind's jobs that ended here, else
-    the plan's), less what a running job has already run, over the workers. A rate of jobs per
-    hour would not do: world models and RL runs of one sweep differ by 2-10x."""
+    """Time left: each job's expected minutes, less what a running job has already run, over the
+    workers. The expectations are the plan's, scaled by how jobs of the same kind that ended here
+    ran against theirs (a machine slower than the plan's, or busier): a ratio, not the ended
+    jobs' own minutes, because a world model seeded from a trained one ends in a tenth of a
+    whole one's time. A rate of jobs per hour would not do: world models and RL runs of one sweep
+    differ by 2-10x."""
 
     def __init__(self, expected: dict[str, float], outcomes: dict, workers: int):
         self.expected, self.workers = expected, max(workers, 1)
-        ended: dict[str, list[float]] = {}
+        ratios: dict[str, list[float]] = {}
         for o in outcomes.values():
-            if o.status == "done":
-                ended.setdefault(o.job.timing_kind, []).append(o.wall_s / 60)
-        self.measured = {k: sum(v) / len(v) for k, v in ended.items()}
+            planned = expected.get(o.job.name)
+            if o.status == "done" and planned:
+                ratios.setdefault(o.job.timing_kind, []).append(o.wall_s / 60 / planned)
+        self.scale = {k: sum(v) / len(v) for k, v in ratios.items()}
 
     def minutes(self, job: Job) -> float:
-        return self.measured.get(job.timing_kind, self.expected.get(job.name, 10.0))
+        return self.expected.get(job.name, 10.0) * self.scale.get(job.timing_kind, 1.0)
 
     def left_s(self, pending: list[Job], running: dict, now: float) -> float:
         left = sum(self.minutes(j) for j in pending)
