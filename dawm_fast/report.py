@@ -1,4 +1,6 @@
 """`python -m dawm_fast.report SWEEP_DIR`: report.md, report.json and plots/*.png for a sweep.
+`python -m dawm_fast.report DIR DIR ... --out OUT`: one report over several sweeps (or committed
+reports), e.g. one table across the programs of a study; runs repeated between them are refused.
 
 Reads only the runs' results.json and metrics.csv: per task x algo x arm the mean ± std over seeds
 of the final score and of the mean of the last three evaluations; per task x algo the paired
@@ -18,7 +20,7 @@ from dawm_fast.run_io import die
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m dawm_fast.report", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("sweep_dir", type=Path)
+    p.add_argument("sweep_dir", type=Path, nargs="+")
     p.add_argument("--reps", type=int, default=10_000, help="bootstrap resamples")
     p.add_argument("--command", action="append", default=[],
                    help="the command(s) that made the sweep, quoted in report.md")
@@ -26,20 +28,26 @@ def main(argv=None) -> int:
                    help="copy every finished run's results (results.json, metrics.csv, "
                         "config.json, dynamics_check.json, plots) to DIR and write the report "
                         "there: a directory to commit, without checkpoints or synthetic data")
+    p.add_argument("--out", type=Path, default=None, metavar="DIR",
+                   help="where the report goes (default: the sweep directory; needed with "
+                        "several)")
     args = p.parse_args(argv)
     try:
-        root = args.sweep_dir
+        roots, out = args.sweep_dir, args.out
         if args.export is not None:
-            n = export_results(root, args.export)
+            if len(roots) != 1 or out is not None:
+                raise ReportError("--export takes one sweep directory and writes the report "
+                                  "there; drop --out, or export each sweep on its own")
+            n = export_results(roots[0], args.export)
             print(f"exported {n} files of finished runs to {args.export}", flush=True)
-            root = args.export
-        rep = write_report(root, args.reps, args.command)
+            roots = [args.export]
+        rep = write_report(roots, args.reps, args.command, out)
     except ReportError as e:
         die(str(e))
-    args.sweep_dir = root
+    out = out or roots[0]
     n_ok = sum(not c["refused"] for c in rep["cells"])
     print(f"report: {rep['n_runs']} runs in {n_ok} cells ({len(rep['cells']) - n_ok} refused); "
-          f"{args.sweep_dir / 'report.md'}, report.json, plots/", flush=True)
+          f"{out / 'report.md'}, report.json, plots/", flush=True)
     return 0
 
 

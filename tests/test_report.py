@@ -162,3 +162,39 @@ def test_export_copies_results_not_checkpoints(tmp_path, capsys):
     assert "wm/hopper-medium_seed0_abc/progress.json" in copied and "report.md" in copied
     assert not any(p.endswith((".pt", ".npz")) for p in copied)
     assert json.loads((out / "report.json").read_text())["cells"][0]["final_mean"] == 50.0
+
+
+def test_one_report_over_several_sweeps_keeps_little_data_runs_a_task_of_their_own(tmp_path, rng):
+    """The lead table of a study spans sweeps (a program each): one report over their
+    directories. Runs on a seeded 10% of the episodes are their own task, not more seeds of the
+    full one; a run found in two of the directories is refused as a repeated seed."""
+    full, little = tmp_path / "p1", tmp_path / "p2"
+    scores = {}
+    for arm in ("dawm", "plain"):
+        scores[arm] = [(float(rng.uniform(0, 100)), list(rng.uniform(0, 100, 4)))
+                       for _ in range(3)]
+        for seed, (final, evals) in enumerate(scores[arm]):
+            fake_run(full, "hopper-medium-replay", "iql", arm, seed, final, evals)
+            fake_run(little, "hopper-medium-replay", "iql", arm, seed, final - 5, evals,
+                     config_extra={"episode_fraction": 0.1})
+    out = tmp_path / "lead"
+    with pytest.raises(SystemExit):
+        report_cli.main([str(full), str(little)])
+    rep = write_report([full, little], reps=500, out=out)
+    tasks = {c["task"] for c in rep["cells"]}
+    assert tasks == {"hopper-medium-replay", "hopper-medium-replay (10% of episodes)"}
+    assert all(not c["refused"] and c["n_seeds"] == 3 for c in rep["cells"])
+    (pair,) = [p for p in rep["pairs"] if p["task"] == "hopper-medium-replay"]
+    diff = np.mean([d[0] - p[0] for d, p in zip(scores["dawm"], scores["plain"])])
+    assert pair["final"]["mean"] == pytest.approx(diff)
+    md = (out / "report.md").read_text()
+    row = next(line for line in md.splitlines()
+               if line.startswith("| hopper-medium-replay (10% of episodes) | IQL | 3 (0-2) |"))
+    plain = [f - 5 for f, _ in scores["plain"]]
+    assert f"{np.mean(plain):.1f} ± {np.std(plain, ddof=1):.1f}" in row
+    assert f"{diff:+.1f} [" in row
+    assert "| IQL | 2 |" in md                       # the across-task row: two tasks
+    assert (out / "plots" / "curves_hopper-medium-replay_10_of_episodes.png").exists()
+    # the same runs twice: a cell with repeated seeds is refused, not averaged
+    rep = make_report([full, full], reps=100)
+    assert all("seed repeated" in "; ".join(c["refused"]) for c in rep["cells"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,8 +49,17 @@ class Run:
         return "dawm" if source == "idm" else f"dawm-{source}"
 
     @property
+    def task(self) -> str:
+        """The env, and the part of its data the run trained on when not all of it: a run on a
+        seeded 10% of the episodes (#18's little-data program) is another task, not another seed
+        of the full one."""
+        fraction = float((self.results.get("config") or {}).get("episode_fraction", 1.0))
+        env = self.results["env"]
+        return env if fraction >= 1.0 else f"{env} ({100 * fraction:g}% of episodes)"
+
+    @property
     def key(self) -> tuple[str, str, str]:
-        return self.results["env"], self.results["algo"], self.arm
+        return self.task, self.results["algo"], self.arm
 
     @property
     def final(self) -> float:
@@ -223,23 +233,29 @@ def aggregate(cells: list[Cell], reps: int) -> list[dict]:
     return out
 
 
-def finished_runs(root: Path) -> list[Run]:
-    """The finished runs under a sweep directory (ReportError when there is none)."""
-    if not root.is_dir():
-        raise ReportError(f"{root} is not a directory; give a sweep directory (python -m "
-                          f"dawm_fast.sweep ... --out DIR)")
-    runs = load_runs(root)
-    if not runs:
-        raise ReportError(f"{root} holds no finished run (no results.json under it); run the "
-                          f"sweep first, or wait for its first runs to finish")
+def finished_runs(roots: Path | list[Path]) -> list[Run]:
+    """The finished runs under one or more sweep directories (ReportError when there is none)."""
+    roots = [roots] if isinstance(roots, Path) else roots
+    runs = []
+    for root in roots:
+        if not root.is_dir():
+            raise ReportError(f"{root} is not a directory; give a sweep directory (python -m "
+                              f"dawm_fast.sweep ... --out DIR)")
+        found = load_runs(root)
+        if not found:
+            raise ReportError(f"{root} holds no finished run (no results.json under it); run "
+                              f"the sweep first, or wait for its first runs to finish")
+        runs += found
     return runs
 
 
-def make_report(root: Path, reps: int = stats.DEFAULT_REPS, runs: list[Run] | None = None) -> dict:
-    runs = finished_runs(root) if runs is None else runs
+def make_report(roots: Path | list[Path], reps: int = stats.DEFAULT_REPS,
+                runs: list[Run] | None = None) -> dict:
+    runs = finished_runs(roots) if runs is None else runs
     cells = build_cells(runs)
+    roots = [roots] if isinstance(roots, Path) else roots
     report = {
-        "sweep_dir": str(root),
+        "sweep_dir": ", ".join(str(r) for r in roots),
         "n_runs": len(runs),
         "cells": [{**c.summary(), "refused": c.refused} for c in cells],
         "pairs": compare_pairs(cells, reps),
@@ -275,6 +291,7 @@ def to_markdown(rep: dict, commands: list[str] | None = None) -> str:
               f"evaluation of each run; **last 3**: the mean of its last three evaluations during "
               f"training. ± is the {rep['std']}; CIs are {rep['ci']}.", ""]
     ok = [c for c in rep["cells"] if not c["refused"]]
+    lines += lead_table(rep)
     lines += ["## Per task × algo × arm", "",
               "| task | algo | arm | seeds | final | last 3 | data | eval env | reference | "
               "preset | backend |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- "
@@ -337,6 +354,52 @@ def to_markdown(rep: dict, commands: list[str] | None = None) -> str:
     return "\n".join(lines)
 
 
+def lead_table(rep: dict) -> list[str]:
+    """One row per task x algo with both arms: plain and DAWM (mean ± std over seeds) and their
+    paired difference with its CI, for the final score and the last three evaluations; then the
+    across-task IQM and probability of improvement. The table RESULTS.md leads with."""
+    cells = {(c["task"], c["algo"], c["arm"]): c for c in rep["cells"] if not c["refused"]}
+    rows = [p for p in rep["pairs"] if p["arm"] == "dawm" and "refused" not in p]
+    if not rows:
+        return []
+    name = {"td3bc": "TD3+BC", "iql": "IQL"}
+    lines = ["## DAWM vs plain", "",
+             "| task | algo | seeds | plain: final | DAWM: final | DAWM − plain, final | "
+             "plain: last 3 | DAWM: last 3 | DAWM − plain, last 3 |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for p in rows:
+        d, b = cells[(p["task"], p["algo"], "dawm")], cells[(p["task"], p["algo"], "plain")]
+        seeds = p["seeds"]
+        span = f"{seeds[0]}-{seeds[-1]}" if seeds == list(range(seeds[0], seeds[-1] + 1)) \
+            and len(seeds) > 1 else ",".join(map(str, seeds))
+        lines.append(f"| {p['task']} | {name.get(p['algo'], p['algo'])} | {len(seeds)} ({span}) | "
+                     f"{_pm(b['final_mean'], b['final_std'])} | "
+                     f"{_pm(d['final_mean'], d['final_std'])} | {_ci(p['final'])} | "
+                     f"{_pm(b['last3_mean'], b['last3_std'])} | "
+                     f"{_pm(d['last3_mean'], d['last3_std'])} | {_ci(p['last3'])} |")
+    if rep["aggregates"]:
+        lines += ["", "| algo | tasks | IQM plain: final | IQM DAWM: final | P(DAWM > plain), "
+                      "final | IQM plain: last 3 | IQM DAWM: last 3 | P(DAWM > plain), last 3 |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        by = {(a["algo"], a["metric"]): a for a in rep["aggregates"]}
+        fmt = lambda a, k: f"{a[k]:.1f} [{a[k + '_ci'][0]:.1f}, {a[k + '_ci'][1]:.1f}]"
+        poi = lambda a: (f"{a['prob_improvement']:.2f} [{a['prob_improvement_ci'][0]:.2f}, "
+                         f"{a['prob_improvement_ci'][1]:.2f}]")
+        for algo in sorted({a for a, _ in by}):
+            f, l3 = by.get((algo, "final")), by.get((algo, "last3"))
+            if f is None or l3 is None:
+                continue
+            lines.append(f"| {name.get(algo, algo)} | {len(f['tasks'])} | {fmt(f, 'plain_iqm')} | "
+                         f"{fmt(f, 'dawm_iqm')} | {poi(f)} | {fmt(l3, 'plain_iqm')} | "
+                         f"{fmt(l3, 'dawm_iqm')} | {poi(l3)} |")
+    return lines + [""]
+
+
+def plot_name(task: str) -> str:
+    """A task label as a file name (labels like "hopper-medium-replay (10% of episodes)")."""
+    return re.sub(r"[^A-Za-z0-9.-]+", "_", task).strip("_")
+
+
 def write_plots(rep: dict, runs: list[Run], plot_dir: Path) -> list[Path]:
     import matplotlib
     matplotlib.use("Agg")
@@ -366,7 +429,7 @@ def write_plots(rep: dict, runs: list[Run], plot_dir: Path) -> list[Path]:
             ax.grid(alpha=0.3)
             ax.legend()
         fig.tight_layout()
-        path = plot_dir / f"curves_{task}.png"
+        path = plot_dir / f"curves_{plot_name(task)}.png"
         fig.savefig(path, dpi=100)
         plt.close(fig)
         written.append(path)
@@ -392,14 +455,22 @@ def write_plots(rep: dict, runs: list[Run], plot_dir: Path) -> list[Path]:
     return written
 
 
-def write_report(root: Path, reps: int = stats.DEFAULT_REPS,
-                 commands: list[str] | None = None) -> dict:
-    runs = finished_runs(root)               # read once, for the numbers and the plots
-    rep = make_report(root, reps, runs)
+def write_report(roots: Path | list[Path], reps: int = stats.DEFAULT_REPS,
+                 commands: list[str] | None = None, out: Path | None = None) -> dict:
+    """Report on the runs under `roots` (one sweep, or several: e.g. the committed reports of
+    several programs, for one table across them), written to `out` (default: the one root)."""
+    roots = [roots] if isinstance(roots, Path) else roots
+    if out is None:
+        if len(roots) != 1:
+            raise ReportError("several sweep directories: say where the report goes with --out DIR")
+        out = roots[0]
+    runs = finished_runs(roots)              # read once, for the numbers and the plots
+    rep = make_report(roots, reps, runs)
     from dawm_fast.run_io import atomic_write_text, write_json
-    write_json(root / "report.json", rep)
-    atomic_write_text(root / "report.md", to_markdown(rep, commands))
-    write_plots(rep, runs, root / "plots")
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "report.json", rep)
+    atomic_write_text(out / "report.md", to_markdown(rep, commands))
+    write_plots(rep, runs, out / "plots")
     return rep
 
 
