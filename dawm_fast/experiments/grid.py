@@ -31,12 +31,12 @@ LOCOMOTION = tuple(f"{env}-{kind}" for env in ("halfcheetah", "hopper", "walker2
 
 # Minutes per job on one worker, used by --dry-run until the sweep has finished jobs of its own to
 # time (then their measured wall times are used). cpu: 2-core CPU, one thread per process, two
-# workers (the #18 sweeps, hopper-medium-replay: world model with IDM and generation ~40 min;
-# 100k updates with evaluations: TD3+BC 20-27 min, IQL 27-41 min); paper: one H200 with the fast backend (world model 2e6 x 5.7 ms; 1e6 updates
-# x 0.36 / 0.55 ms plus evaluations).
+# workers (medians of the #18 program-1 sweeps, medium-replay tasks: world model with IDM and
+# generation 13 min; 100k updates with evaluations: TD3+BC 15 min, IQL 22 min); paper: one H200
+# with the fast backend (world model 2e6 x 5.7 ms; 1e6 updates x 0.36 / 0.55 ms plus evaluations).
 ESTIMATED_MINUTES = {
     ("smoke", "wm"): 0.5, ("smoke", "td3bc"): 0.3, ("smoke", "iql"): 0.3,
-    ("cpu", "wm"): 40.0, ("cpu", "td3bc"): 25.0, ("cpu", "iql"): 35.0,
+    ("cpu", "wm"): 13.0, ("cpu", "td3bc"): 15.0, ("cpu", "iql"): 22.0,
     ("paper", "wm"): 190.0, ("paper", "td3bc"): 12.0, ("paper", "iql"): 15.0,
 }
 
