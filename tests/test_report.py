@@ -152,7 +152,10 @@ def test_export_copies_results_not_checkpoints(tmp_path, capsys):
     wm = sweep_dir / "wm" / "hopper-medium_seed0_abc"
     wm.mkdir(parents=True)
     (wm / "synthetic.npz").write_bytes(b"data")
-    (wm / "progress.json").write_text("{}")
+    (wm / "progress.json").write_text(json.dumps({"done": {"generation": {"wall_s": 60.0}}}))
+    training = sweep_dir / "wm" / "hopper-medium_seed1_abc"       # not generated yet: left out
+    training.mkdir(parents=True)
+    (training / "progress.json").write_text(json.dumps({"done": {"idm": {"wall_s": 60.0}}}))
     assert report_cli.main([str(sweep_dir), "--export", str(tmp_path / "out"), "--reps",
                             "100"]) == 0
     out = tmp_path / "out"
@@ -161,6 +164,7 @@ def test_export_copies_results_not_checkpoints(tmp_path, capsys):
     assert "rl/hopper-medium_td3bc_plain_seed0/plots/learning_curve.png" in copied
     assert "wm/hopper-medium_seed0_abc/progress.json" in copied and "report.md" in copied
     assert not any(p.endswith((".pt", ".npz")) for p in copied)
+    assert not any("seed1_abc" in p for p in copied)
     assert json.loads((out / "report.json").read_text())["cells"][0]["final_mean"] == 50.0
 
 

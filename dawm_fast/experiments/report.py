@@ -493,8 +493,14 @@ def export_results(root: Path, dest: Path) -> int:
     n = 0
     sources = [root / "sweep.json"] + [f for run in runs for pattern in EXPORTED
                                        for f in sorted(run.glob(pattern))]
-    # the world models the runs read: their progress (what they measured) and config
+    # the world models the runs read: their progress (what they measured) and config; one still
+    # training or generating is left for a later export (its files would say half a story)
     for wm in sorted((root / "wm").glob("*")) if (root / "wm").is_dir() else []:
+        try:
+            if "generation" not in json.loads((wm / "progress.json").read_text())["done"]:
+                continue
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
         sources += [wm / "progress.json", wm / "config.json", wm / "dynamics_check.json",
                     *sorted(wm.glob("plots/*.png")), wm / "metrics.csv"]
     for src in sources:
