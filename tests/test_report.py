@@ -202,3 +202,14 @@ def test_one_report_over_several_sweeps_keeps_little_data_runs_a_task_of_their_o
     # the same runs twice: a cell with repeated seeds is refused, not averaged
     rep = make_report([full, full], reps=100)
     assert all("seed repeated" in "; ".join(c["refused"]) for c in rep["cells"])
+
+
+def test_across_task_statistics_use_the_seeds_both_arms_have(tmp_path):
+    """A cell still filling (DAWM has seed 0, plain seeds 0 and 1) enters the IQM and the
+    probability of improvement with seed 0 only."""
+    fake_run(tmp_path, "hopper-medium-replay", "td3bc", "dawm", 0, 30.0, [30.0])
+    fake_run(tmp_path, "hopper-medium-replay", "td3bc", "plain", 0, 20.0, [20.0])
+    fake_run(tmp_path, "hopper-medium-replay", "td3bc", "plain", 1, 90.0, [90.0])
+    (agg,) = [a for a in make_report(tmp_path, reps=200)["aggregates"] if a["metric"] == "final"]
+    assert agg["seeds"] == {"hopper-medium-replay": [0]}
+    assert agg["plain_iqm"] == pytest.approx(20.0) and agg["prob_improvement"] == 1.0

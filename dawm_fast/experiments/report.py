@@ -208,8 +208,9 @@ def compare_pairs(cells: list[Cell], reps: int) -> list[dict]:
 
 
 def aggregate(cells: list[Cell], reps: int) -> list[dict]:
-    """Per algo, across tasks that have both arms: the IQM of each arm with stratified-bootstrap
-    CIs, and the probability that DAWM improves on plain, with its CI."""
+    """Per algo, across tasks that have both arms, over the seeds both arms have: the IQM of
+    each arm with stratified-bootstrap CIs, and the probability that DAWM improves on plain,
+    with its CI."""
     ok = {(c.task, c.algo, c.arm): c for c in cells if not c.refused}
     out = []
     for algo in sorted({c.algo for c in cells}):
@@ -217,10 +218,16 @@ def aggregate(cells: list[Cell], reps: int) -> list[dict]:
                        and (t, algo, "plain") in ok)
         if not tasks:
             continue
+        # the seeds both arms of a task have: a cell still filling would otherwise weigh one
+        # arm's extra seeds in its IQM and the probability of improvement
+        seeds = {t: sorted(set(ok[(t, algo, "dawm")].by_seed("final"))
+                           & set(ok[(t, algo, "plain")].by_seed("final"))) for t in tasks}
+        tasks = [t for t in tasks if seeds[t]]
         for metric in ("final", "last3"):
-            per_arm = {arm: [np.array([getattr(r, metric) for r in ok[(t, algo, arm)].runs])
+            per_arm = {arm: [np.array([ok[(t, algo, arm)].by_seed(metric)[s] for s in seeds[t]])
                              for t in tasks] for arm in ("dawm", "plain")}
-            row = {"algo": algo, "metric": metric, "tasks": tasks}
+            row = {"algo": algo, "metric": metric, "tasks": tasks,
+                   "seeds": {t: seeds[t] for t in tasks}}
             for arm in ("dawm", "plain"):
                 lo, hi = stats.stratified_bootstrap_ci(stats.iqm, per_arm[arm], reps=reps)
                 row[f"{arm}_iqm"] = stats.iqm(per_arm[arm])
