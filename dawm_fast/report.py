@@ -28,6 +28,9 @@ def main(argv=None) -> int:
                    help="copy every finished run's results (results.json, metrics.csv, "
                         "config.json, dynamics_check.json, plots) to DIR and write the report "
                         "there: a directory to commit, without checkpoints or synthetic data")
+    p.add_argument("--min-seeds", type=int, default=1, metavar="N",
+                   help="paired seeds a task x algo needs to enter the lead table and the "
+                        "across-task statistics (cells still filling stay in the other tables)")
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
                    help="where the report goes (default: the sweep directory; needed with "
                         "several)")
@@ -41,7 +44,7 @@ def main(argv=None) -> int:
             n = export_results(roots[0], args.export)
             print(f"exported {n} files of finished runs to {args.export}", flush=True)
             roots = [args.export]
-        rep = write_report(roots, args.reps, args.command, out)
+        rep = write_report(roots, args.reps, args.command, out, args.min_seeds)
     except ReportError as e:
         die(str(e))
     out = out or roots[0]

@@ -213,3 +213,9 @@ def test_across_task_statistics_use_the_seeds_both_arms_have(tmp_path):
     (agg,) = [a for a in make_report(tmp_path, reps=200)["aggregates"] if a["metric"] == "final"]
     assert agg["seeds"] == {"hopper-medium-replay": [0]}
     assert agg["plain_iqm"] == pytest.approx(20.0) and agg["prob_improvement"] == 1.0
+    # with --min-seeds 2 the task is still filling: out of the lead table and the aggregates
+    assert report_cli.main([str(tmp_path), "--min-seeds", "2", "--reps", "100"]) == 0
+    rep = json.loads((tmp_path / "report.json").read_text())
+    assert rep["aggregates"] == [] and len(rep["pairs"]) == 1
+    lead = (tmp_path / "report.md").read_text().split("## Per task")[0]
+    assert "Still filling" in lead and "| hopper-medium-replay | TD3+BC |" not in lead

@@ -152,6 +152,7 @@ class Cell:
         return {"task": self.task, "algo": self.algo, "arm": self.arm, "n_seeds": len(self.runs),
                 "seeds": sorted(r.results["seed"] for r in self.runs),
                 "final_mean": fm, "final_std": fs, "last3_mean": lm, "last3_std": ls,
+                "final_by_seed": self.by_seed("final"), "last3_by_seed": self.by_seed("last3"),
                 "settings_known": first.results.get("config") is not None,
                 **self.label_errors(),
                 "git_commits": commits, **first.describe()}
@@ -207,7 +208,7 @@ def compare_pairs(cells: list[Cell], reps: int) -> list[dict]:
     return out
 
 
-def aggregate(cells: list[Cell], reps: int) -> list[dict]:
+def aggregate(cells: list[Cell], reps: int, min_seeds: int = 1) -> list[dict]:
     """Per algo, across tasks that have both arms, over the seeds both arms have: the IQM of
     each arm with stratified-bootstrap CIs, and the probability that DAWM improves on plain,
     with its CI."""
@@ -222,7 +223,9 @@ def aggregate(cells: list[Cell], reps: int) -> list[dict]:
         # arm's extra seeds in its IQM and the probability of improvement
         seeds = {t: sorted(set(ok[(t, algo, "dawm")].by_seed("final"))
                            & set(ok[(t, algo, "plain")].by_seed("final"))) for t in tasks}
-        tasks = [t for t in tasks if seeds[t]]
+        tasks = [t for t in tasks if len(seeds[t]) >= max(min_seeds, 1)]
+        if not tasks:
+            continue
         for metric in ("final", "last3"):
             per_arm = {arm: [np.array([ok[(t, algo, arm)].by_seed(metric)[s] for s in seeds[t]])
                              for t in tasks] for arm in ("dawm", "plain")}
@@ -257,7 +260,9 @@ def finished_runs(roots: Path | list[Path]) -> list[Run]:
 
 
 def make_report(roots: Path | list[Path], reps: int = stats.DEFAULT_REPS,
-                runs: list[Run] | None = None) -> dict:
+                runs: list[Run] | None = None, min_seeds: int = 1) -> dict:
+    """`min_seeds`: the paired seeds a task x algo needs to enter the lead table and the
+    across-task statistics (a cell still filling stays in the per-cell tables)."""
     runs = finished_runs(roots) if runs is None else runs
     cells = build_cells(runs)
     roots = [roots] if isinstance(roots, Path) else roots
@@ -266,7 +271,8 @@ def make_report(roots: Path | list[Path], reps: int = stats.DEFAULT_REPS,
         "n_runs": len(runs),
         "cells": [{**c.summary(), "refused": c.refused} for c in cells],
         "pairs": compare_pairs(cells, reps),
-        "aggregates": aggregate(cells, reps),
+        "aggregates": aggregate(cells, reps, min_seeds),
+        "min_seeds": min_seeds,
         "std": "sample standard deviation over seeds (ddof 1)",
         "ci": f"95% percentile bootstrap, {reps} resamples",
     }
@@ -366,24 +372,30 @@ def lead_table(rep: dict) -> list[str]:
     paired difference with its CI, for the final score and the last three evaluations; then the
     across-task IQM and probability of improvement. The table RESULTS.md leads with."""
     cells = {(c["task"], c["algo"], c["arm"]): c for c in rep["cells"] if not c["refused"]}
-    rows = [p for p in rep["pairs"] if p["arm"] == "dawm" and "refused" not in p]
-    if not rows:
+    pairs = [p for p in rep["pairs"] if p["arm"] == "dawm" and "refused" not in p]
+    rows = [p for p in pairs if len(p["seeds"]) >= rep.get("min_seeds", 1)]
+    filling = [p for p in pairs if p not in rows]
+    if not pairs:
         return []
     name = {"td3bc": "TD3+BC", "iql": "IQL"}
-    lines = ["## DAWM vs plain", "",
-             "| task | algo | seeds | plain: final | DAWM: final | DAWM − plain, final | "
-             "plain: last 3 | DAWM: last 3 | DAWM − plain, last 3 |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["## DAWM vs plain", ""]
+    if rows:
+        lines += ["| task | algo | seeds | plain: final | DAWM: final | DAWM − plain, final | "
+                  "plain: last 3 | DAWM: last 3 | DAWM − plain, last 3 |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+
+    def paired(cell, metric, seeds):      # mean ± std over the seeds of the difference
+        return _pm(*stats.mean_std([cell[f"{metric}_by_seed"][s] for s in seeds]))
+
     for p in rows:
         d, b = cells[(p["task"], p["algo"], "dawm")], cells[(p["task"], p["algo"], "plain")]
         seeds = p["seeds"]
         span = f"{seeds[0]}-{seeds[-1]}" if seeds == list(range(seeds[0], seeds[-1] + 1)) \
             and len(seeds) > 1 else ",".join(map(str, seeds))
         lines.append(f"| {p['task']} | {name.get(p['algo'], p['algo'])} | {len(seeds)} ({span}) | "
-                     f"{_pm(b['final_mean'], b['final_std'])} | "
-                     f"{_pm(d['final_mean'], d['final_std'])} | {_ci(p['final'])} | "
-                     f"{_pm(b['last3_mean'], b['last3_std'])} | "
-                     f"{_pm(d['last3_mean'], d['last3_std'])} | {_ci(p['last3'])} |")
+                     f"{paired(b, 'final', seeds)} | {paired(d, 'final', seeds)} | "
+                     f"{_ci(p['final'])} | {paired(b, 'last3', seeds)} | "
+                     f"{paired(d, 'last3', seeds)} | {_ci(p['last3'])} |")
     if rep["aggregates"]:
         lines += ["", "| algo | tasks | IQM plain: final | IQM DAWM: final | P(DAWM > plain), "
                       "final | IQM plain: last 3 | IQM DAWM: last 3 | P(DAWM > plain), last 3 |",
@@ -399,6 +411,11 @@ def lead_table(rep: dict) -> list[str]:
             lines.append(f"| {name.get(algo, algo)} | {len(f['tasks'])} | {fmt(f, 'plain_iqm')} | "
                          f"{fmt(f, 'dawm_iqm')} | {poi(f)} | {fmt(l3, 'plain_iqm')} | "
                          f"{fmt(l3, 'dawm_iqm')} | {poi(l3)} |")
+    if filling:
+        lines += ["", f"Still filling (fewer than {rep['min_seeds']} paired seeds; in the tables "
+                      f"below, not in these): " + ", ".join(
+                          f"{p['task']} {name.get(p['algo'], p['algo'])} ({len(p['seeds'])})"
+                          for p in filling) + "."]
     return lines + [""]
 
 
@@ -463,7 +480,8 @@ def write_plots(rep: dict, runs: list[Run], plot_dir: Path) -> list[Path]:
 
 
 def write_report(roots: Path | list[Path], reps: int = stats.DEFAULT_REPS,
-                 commands: list[str] | None = None, out: Path | None = None) -> dict:
+                 commands: list[str] | None = None, out: Path | None = None,
+                 min_seeds: int = 1) -> dict:
     """Report on the runs under `roots` (one sweep, or several: e.g. the committed reports of
     several programs, for one table across them), written to `out` (default: the one root)."""
     roots = [roots] if isinstance(roots, Path) else roots
@@ -472,7 +490,7 @@ def write_report(roots: Path | list[Path], reps: int = stats.DEFAULT_REPS,
             raise ReportError("several sweep directories: say where the report goes with --out DIR")
         out = roots[0]
     runs = finished_runs(roots)              # read once, for the numbers and the plots
-    rep = make_report(roots, reps, runs)
+    rep = make_report(roots, reps, runs, min_seeds)
     from dawm_fast.run_io import atomic_write_text, write_json
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "report.json", rep)
