@@ -233,6 +233,9 @@ def test_a_seeded_world_model_is_planned_and_learned_from_as_its_generation_only
     # the seeded one ran 1.5x its plan: the fresh one is expected to, too (not at its 1.5x minutes)
     ended = {"wm/seeded": JobOutcome(seeded, "done", 60 * 1.5 * minutes["wm/seeded"])}
     assert abs(ETA(minutes, ended, workers=1).left_s([fresh], {}, 0.0) - 60 * 1.5 * full) < 1e-6
+    # one resumed from a mid-training checkpoint ran an unknown part of itself: nothing learned
+    ended["wm/seeded"].resumed = True
+    assert ETA(minutes, ended, workers=1).left_s([fresh], {}, 0.0) == 60 * full
 
 
 def test_a_world_model_without_its_synthetic_data_is_not_finished_and_eta_takes_the_median(tmp_path):

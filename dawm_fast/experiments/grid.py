@@ -202,6 +202,7 @@ class JobOutcome:
     status: str                 # "done" | "skipped" (finished before) | "failed"
     wall_s: float = 0.0
     error: str | None = None
+    resumed: bool = False       # started from a mid-stage checkpoint: ran only part of the job
 
 
 def error_line(log_path: Path) -> str:

@@ -9,6 +9,9 @@ from dawm_fast.experiments.grid import Job, JobOutcome, SweepSummary, error_line
 from dawm_fast.experiments.runner import BUSY_EXIT, start_job
 from dawm_fast.run_io import format_duration
 
+# a run stopped mid-stage leaves one of these; a job that starts from one runs only part of itself
+MID_STAGE_CHECKPOINTS = ("world_model_ckpt.pt", "rl_ckpt.pt")
+
 BUSY_RETRY_S = 10.0   # a job whose directory another process owns is retried after this
 
 
@@ -28,6 +31,7 @@ def run_local(jobs: list[Job], sweep_dir: Path, workers: int, threads: int,
         else:
             pending.append(job)
     running: dict[str, tuple[Job, object, float]] = {}
+    resumed: set[str] = set()
     free_gpus = list(range(gpus))
     held: dict[str, list[int]] = {}
     retry_at: dict[str, float] = {}
@@ -55,7 +59,8 @@ def run_local(jobs: list[Job], sweep_dir: Path, workers: int, threads: int,
                     print(f"[sweep] {name}: its directory is in use by another process; "
                           f"retrying in {BUSY_RETRY_S:.0f} s", flush=True)
                 elif rc == 0:
-                    outcomes[name] = JobOutcome(job, "done", time.time() - t0)
+                    outcomes[name] = JobOutcome(job, "done", time.time() - t0,
+                                                resumed=name in resumed)
                     print(f"[sweep] done {name} ({format_duration(time.time() - t0)})", flush=True)
                 else:
                     err = error_line(sweep_dir / job.log_name)
@@ -81,6 +86,8 @@ def run_local(jobs: list[Job], sweep_dir: Path, workers: int, threads: int,
                 if need > len(free_gpus):
                     continue
                 pending.remove(job)
+                if any((sweep_dir / job.name / f).exists() for f in MID_STAGE_CHECKPOINTS):
+                    resumed.add(job.name)
                 mine, free_gpus = free_gpus[:need], free_gpus[need:]
                 held[job.name] = mine
                 running[job.name] = (job, start_job(job, sweep_dir, threads,
@@ -117,7 +124,8 @@ class ETA:
     workers. The expectations are the plan's, scaled by how jobs of the same kind that ended here
     ran against theirs (a machine slower than the plan's, or busier): a ratio, not the ended
     jobs' own minutes, because a world model seeded from a trained one ends in a tenth of a
-    whole one's time. A rate of jobs per hour would not do: world models and RL runs of one sweep
+    whole one's time. A job resumed from a mid-stage checkpoint teaches nothing: it ran an
+    unknown part of itself. A rate of jobs per hour would not do: world models and RL runs of one sweep
     differ by 2-10x."""
 
     def __init__(self, expected: dict[str, float], outcomes: dict, workers: int):
@@ -125,7 +133,7 @@ class ETA:
         ratios: dict[str, list[float]] = {}
         for o in outcomes.values():
             planned = expected.get(o.job.name)
-            if o.status == "done" and planned:
+            if o.status == "done" and planned and not o.resumed:
                 ratios.setdefault(o.job.timing_kind, []).append(o.wall_s / 60 / planned)
         self.scale = {k: sum(v) / len(v) for k, v in ratios.items()}
 
