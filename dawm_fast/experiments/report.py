@@ -243,9 +243,14 @@ def aggregate(cells: list[Cell], reps: int, min_seeds: int = 1) -> list[dict]:
     return out
 
 
+def as_roots(roots: Path | list[Path]) -> list[Path]:
+    """One sweep directory or several, as a list."""
+    return [roots] if isinstance(roots, Path) else list(roots)
+
+
 def finished_runs(roots: Path | list[Path]) -> list[Run]:
     """The finished runs under one or more sweep directories (ReportError when there is none)."""
-    roots = [roots] if isinstance(roots, Path) else roots
+    roots = as_roots(roots)
     runs = []
     for root in roots:
         if not root.is_dir():
@@ -265,7 +270,7 @@ def make_report(roots: Path | list[Path], reps: int = stats.DEFAULT_REPS,
     across-task statistics (a cell still filling stays in the per-cell tables)."""
     runs = finished_runs(roots) if runs is None else runs
     cells = build_cells(runs)
-    roots = [roots] if isinstance(roots, Path) else roots
+    roots = as_roots(roots)
     report = {
         "sweep_dir": ", ".join(str(r) for r in roots),
         "n_runs": len(runs),
@@ -484,7 +489,7 @@ def write_report(roots: Path | list[Path], reps: int = stats.DEFAULT_REPS,
                  min_seeds: int = 1) -> dict:
     """Report on the runs under `roots` (one sweep, or several: e.g. the committed reports of
     several programs, for one table across them), written to `out` (default: the one root)."""
-    roots = [roots] if isinstance(roots, Path) else roots
+    roots = as_roots(roots)
     if out is None:
         if len(roots) != 1:
             raise ReportError("several sweep directories: say where the report goes with --out DIR")
