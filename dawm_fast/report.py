@@ -13,7 +13,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from dawm_fast.experiments.report import ReportError, export_results, write_report
+from dawm_fast.experiments.report import (ReportError, apply_aliases, export_results,
+                                          parse_alias, write_report)
 from dawm_fast.run_io import die
 
 
@@ -28,6 +29,10 @@ def main(argv=None) -> int:
                    help="copy every finished run's results (results.json, metrics.csv, "
                         "config.json, dynamics_check.json, plots) to DIR and write the report "
                         "there: a directory to commit, without checkpoints or synthetic data")
+    p.add_argument("--path-alias", action="append", default=[], metavar="OLD=NEW",
+                   help="with --export: write NEW for the path prefix OLD in the exported text "
+                        "files and the report (e.g. /work/runs/=sweeps/), so the committed "
+                        "results name no machine's disk; repeatable")
     p.add_argument("--min-seeds", type=int, default=1, metavar="N",
                    help="paired seeds a task x algo needs to enter the lead table and the "
                         "across-task statistics (cells still filling stay in the other tables)")
@@ -36,15 +41,21 @@ def main(argv=None) -> int:
                         "several)")
     args = p.parse_args(argv)
     try:
-        roots, out = args.sweep_dir, args.out
+        roots, out, label = args.sweep_dir, args.out, None
+        aliases = [parse_alias(a) for a in args.path_alias]
+        if aliases and args.export is None:
+            raise ReportError("--path-alias rewrites exported files; use it with --export DIR")
         if args.export is not None:
             if len(roots) != 1 or out is not None:
                 raise ReportError("--export takes one sweep directory and writes the report "
                                   "there; drop --out, or export each sweep on its own")
-            n = export_results(roots[0], args.export)
+            n = export_results(roots[0], args.export, aliases)
             print(f"exported {n} files of finished runs to {args.export}", flush=True)
+            # the exported report names the sweep it came from, not the copy
+            label = apply_aliases(str(roots[0].absolute()), aliases)
             roots = [args.export]
-        rep = write_report(roots, args.reps, args.command, out, args.min_seeds)
+        commands = [apply_aliases(c, aliases) for c in args.command]
+        rep = write_report(roots, args.reps, commands, out, args.min_seeds, label)
     except ReportError as e:
         die(str(e))
     out = out or roots[0]

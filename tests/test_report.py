@@ -168,6 +168,40 @@ def test_export_copies_results_not_checkpoints(tmp_path, capsys):
     assert json.loads((out / "report.json").read_text())["cells"][0]["final_mean"] == 50.0
 
 
+def test_export_path_alias_keeps_machine_paths_out_of_committed_files(tmp_path, capsys):
+    """A reused world model's source and a run's world-model directory are machine paths;
+    --path-alias rewrites them (and the report's name for its sweep) in what gets committed."""
+    sweep_dir = tmp_path / "runs" / "p1"
+    run = fake_run(sweep_dir, "hopper-medium", "td3bc", "dawm", 0, 50.0, [40, 50, 60])
+    results = json.loads((run / "results.json").read_text())
+    results["world_model_dir"] = str(sweep_dir / "wm" / "hopper-medium_seed0_abc")
+    (run / "results.json").write_text(json.dumps(results))
+    (run / "plots").mkdir()
+    png = bytes(range(256))                         # not text: copied byte for byte
+    (run / "plots" / "learning_curve.png").write_bytes(png)
+    out = tmp_path / "out"
+    alias = f"{tmp_path / 'runs'}/=sweeps/"
+    assert report_cli.main([str(sweep_dir), "--export", str(out), "--reps", "100",
+                            "--path-alias", alias,
+                            "--command", f"python -m dawm_fast.sweep --out {sweep_dir}"]) == 0
+    exported = out / "rl" / run.name
+    assert json.loads((exported / "results.json").read_text())["world_model_dir"] == \
+        "sweeps/p1/wm/hopper-medium_seed0_abc"
+    assert (exported / "plots" / "learning_curve.png").read_bytes() == png
+    assert (exported / "metrics.csv").read_bytes() == (run / "metrics.csv").read_bytes()
+    report_md = (out / "report.md").read_text()
+    assert json.loads((out / "report.json").read_text())["sweep_dir"] == "sweeps/p1"
+    assert "--out sweeps/p1" in report_md
+    assert str(tmp_path) not in report_md
+    for bad in (["--path-alias", "no-equals-sign"], ["--path-alias", "=x"]):
+        with pytest.raises(SystemExit):
+            report_cli.main([str(sweep_dir), "--export", str(tmp_path / "o2"), *bad])
+        assert "is not OLD=NEW" in capsys.readouterr().err
+    with pytest.raises(SystemExit):                 # nothing to rewrite without an export
+        report_cli.main([str(sweep_dir), "--path-alias", alias])
+    assert "use it with --export" in capsys.readouterr().err
+
+
 def test_one_report_over_several_sweeps_keeps_little_data_runs_a_task_of_their_own(tmp_path, rng):
     """The lead table of a study spans sweeps (a program each): one report over their
     directories. Runs on a seeded 10% of the episodes are their own task, not more seeds of the

@@ -265,14 +265,17 @@ def finished_runs(roots: Path | list[Path]) -> list[Run]:
 
 
 def make_report(roots: Path | list[Path], reps: int = stats.DEFAULT_REPS,
-                runs: list[Run] | None = None, min_seeds: int = 1) -> dict:
+                runs: list[Run] | None = None, min_seeds: int = 1,
+                label: str | None = None) -> dict:
     """`min_seeds`: the paired seeds a task x algo needs to enter the lead table and the
-    across-task statistics (a cell still filling stays in the per-cell tables)."""
+    across-task statistics (a cell still filling stays in the per-cell tables). `label`: what
+    the report calls its source (default: the directories; an export names the sweep it came
+    from, not the directory it was copied to)."""
     runs = finished_runs(roots) if runs is None else runs
     cells = build_cells(runs)
     roots = as_roots(roots)
     report = {
-        "sweep_dir": ", ".join(str(r) for r in roots),
+        "sweep_dir": label or ", ".join(str(r) for r in roots),
         "n_runs": len(runs),
         "cells": [{**c.summary(), "refused": c.refused} for c in cells],
         "pairs": compare_pairs(cells, reps),
@@ -486,7 +489,7 @@ def write_plots(rep: dict, runs: list[Run], plot_dir: Path) -> list[Path]:
 
 def write_report(roots: Path | list[Path], reps: int = stats.DEFAULT_REPS,
                  commands: list[str] | None = None, out: Path | None = None,
-                 min_seeds: int = 1) -> dict:
+                 min_seeds: int = 1, label: str | None = None) -> dict:
     """Report on the runs under `roots` (one sweep, or several: e.g. the committed reports of
     several programs, for one table across them), written to `out` (default: the one root)."""
     roots = as_roots(roots)
@@ -495,7 +498,7 @@ def write_report(roots: Path | list[Path], reps: int = stats.DEFAULT_REPS,
             raise ReportError("several sweep directories: say where the report goes with --out DIR")
         out = roots[0]
     runs = finished_runs(roots)              # read once, for the numbers and the plots
-    rep = make_report(roots, reps, runs, min_seeds)
+    rep = make_report(roots, reps, runs, min_seeds, label)
     from dawm_fast.run_io import atomic_write_text, write_json
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "report.json", rep)
@@ -509,9 +512,30 @@ EXPORTED = ("results.json", "metrics.csv", "config.json", "progress.json", "dyna
             "plots/*.png")
 
 
-def export_results(root: Path, dest: Path) -> int:
+# Exported files that may name machine paths (a reused world model's source, a run's world
+# model directory): rewritten through the export's path aliases. Plots are copied as they are.
+TEXT_SUFFIXES = (".json", ".csv", ".md", ".txt")
+
+
+def apply_aliases(text: str, aliases: list[tuple[str, str]]) -> str:
+    for old, new in aliases:
+        text = text.replace(old, new)
+    return text
+
+
+def parse_alias(spec: str) -> tuple[str, str]:
+    """'OLD=NEW' -> (OLD, NEW); ReportError on anything else."""
+    old, sep, new = spec.partition("=")
+    if not sep or not old:
+        raise ReportError(f"--path-alias {spec!r} is not OLD=NEW (e.g. --path-alias "
+                          f"/work/runs/=sweeps/)")
+    return old, new
+
+
+def export_results(root: Path, dest: Path, aliases: list[tuple[str, str]] = ()) -> int:
     """Copy the results of every finished run under `root` (and the sweep's own record) to
-    `dest`, keeping the layout; returns the number of files copied."""
+    `dest`, keeping the layout; returns the number of files copied. `aliases` (OLD, NEW)
+    rewrite machine paths in the text files, so what is committed names no one's disk."""
     import shutil
 
     if not root.is_dir():
@@ -537,6 +561,13 @@ def export_results(root: Path, dest: Path) -> int:
         if src.is_file():
             target = dest / src.relative_to(root)
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, target)
+            if aliases and src.suffix in TEXT_SUFFIXES:
+                # bytes, not text: a CSV's \r\n line ends stay as they are
+                data = src.read_bytes()
+                for old, new in aliases:
+                    data = data.replace(old.encode(), new.encode())
+                target.write_bytes(data)
+            else:
+                shutil.copy2(src, target)
             n += 1
     return n
