@@ -9,9 +9,11 @@ same command skips finished runs and resumes unfinished ones.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import statistics
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from dawm_fast.experiments.grid import (ARMS, GridError, Job, SweepSettings, check_settings,
@@ -94,52 +96,81 @@ def world_model_fingerprint_of(train_args: list[str]) -> str:
     return world_model_fingerprint(config_of(train_args))
 
 
-def measured_minutes(jobs: list[Job], sweep_dir: Path) -> dict[str, float]:
+@dataclass(frozen=True)
+class JobRecord:
+    """What a job's directory says at plan time, read once per job."""
+    finished: bool
+    ran_minutes: float = 0.0     # a world model's finished stages; a finished RL run's whole time
+    left_fraction: float = 1.0   # an unfinished RL run's share of updates still to do
+
+
+def read_records(jobs: list[Job], sweep_dir: Path) -> dict[str, JobRecord]:
+    return {j.name: read_record(j, sweep_dir) for j in jobs}
+
+
+def read_record(job: Job, sweep_dir: Path) -> JobRecord:
+    run = sweep_dir / job.name
+    finished = job.finished(sweep_dir)
+    try:
+        if job.kind == "wm":
+            done = json.loads((run / "progress.json").read_text())["done"]
+            return JobRecord(finished, sum(v.get("wall_s", 0.0) for v in done.values()) / 60)
+        if finished:
+            wall = json.loads((run / "results.json").read_text())["wall_time_s"]
+            return JobRecord(True, sum(wall.values()) / 60, 0.0)
+        steps = json.loads((run / "config.json").read_text())["rl_steps"]
+        return JobRecord(False, left_fraction=1.0 - min(last_rl_step(run) / steps, 1.0))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, ZeroDivisionError):
+        return JobRecord(finished)
+
+
+def last_rl_step(run: Path) -> int:
+    """The last update an RL run logged (0 before its first): a resumed run has only the rest
+    left, and planning it as a whole run put a finished-but-for-a-few-updates run at 20 min."""
+    with open(run / "metrics.csv", newline="") as f:
+        return max((int(row["step"]) for row in csv.DictReader(f) if row.get("stage") == "rl"),
+                   default=0)
+
+
+def measured_minutes(jobs: list[Job], records: dict[str, JobRecord]) -> dict[str, float]:
     """Median measured minutes per job kind ("wm", "td3bc", "iql") over this sweep's finished jobs.
     The median, because runs copied in from another machine or made under other load (a resumed
     sweep) can take several times as long as the rest and would skew a mean."""
     times: dict[str, list[float]] = {}
     for job in jobs:
-        run = sweep_dir / job.name
-        if not job.finished(sweep_dir):     # a stopped or seeded world model is part of one
-            continue
-        try:
-            if job.kind == "wm":
-                done = json.loads((run / "progress.json").read_text())["done"]
-                wall = sum(v.get("wall_s", 0.0) for v in done.values())
-            else:
-                wall = sum(json.loads((run / "results.json").read_text())["wall_time_s"].values())
-        except (OSError, ValueError, KeyError):
-            continue
-        times.setdefault(job.timing_kind, []).append(wall / 60)
+        rec = records[job.name]
+        if rec.finished and rec.ran_minutes > 0:  # a stopped or seeded world model is part of one
+            times.setdefault(job.timing_kind, []).append(rec.ran_minutes)
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def job_minutes(jobs: list[Job], sweep_dir: Path, preset: str) -> dict[str, float]:
+def job_minutes(jobs: list[Job], records: dict[str, JobRecord], preset: str) -> dict[str, float]:
     """Expected minutes of each job still to run: measured in this sweep for its kind, else the
-    preset's, less the stages a world model already has. A world model seeded by
-    --reuse-world-models (or stopped mid-way) has its training stages done and only generates:
-    counting it as a whole world model put hours of phantom time into the plan."""
-    measured = measured_minutes(jobs, sweep_dir)
+    preset's, less what the job already has: a world model seeded by --reuse-world-models (or
+    stopped mid-way) has its training stages done and only generates (counting it as a whole
+    world model put hours of phantom time into the plan); an RL run resumed from its checkpoint
+    has only its remaining updates left."""
+    measured = measured_minutes(jobs, records)
     minutes = {}
     for j in jobs:
         full = measured.get(j.timing_kind, j.estimated_minutes(preset))
+        rec = records[j.name]
         if j.kind == "wm":
-            try:
-                done = json.loads((sweep_dir / j.name / "progress.json").read_text())["done"]
-                ran = sum(v.get("wall_s", 0.0) for v in done.values()) / 60
-            except (OSError, ValueError, KeyError, AttributeError):
-                ran = 0.0
             # the stages left take at least a tenth of a world model (generation, the plots)
-            full = max(full - ran, 0.1 * full)
+            full = max(full - rec.ran_minutes, 0.1 * full)
+        elif not rec.finished:
+            # the final evaluation and plots are left even after the last update
+            full = max(full * rec.left_fraction, 0.05 * full)
         minutes[j.name] = full
     return minutes
 
 
-def print_plan(jobs: list[Job], sweep_dir: Path, preset: str, workers: int) -> None:
-    measured = measured_minutes(jobs, sweep_dir)
-    todo = [j for j in jobs if not j.finished(sweep_dir)]
-    minutes = job_minutes(jobs, sweep_dir, preset)
+def print_plan(jobs: list[Job], records: dict[str, JobRecord], preset: str,
+               workers: int) -> dict[str, float]:
+    """Prints each job's state and the grid's time; returns each job's expected minutes."""
+    measured = measured_minutes(jobs, records)
+    todo = [j for j in jobs if not records[j.name].finished]
+    minutes = job_minutes(jobs, records, preset)
     for j in jobs:
         state = "finished" if j not in todo else f"~{minutes[j.name]:.0f} min"
         dep = f"  (reads {j.depends_on})" if j.depends_on else ""
@@ -156,6 +187,7 @@ def print_plan(jobs: list[Job], sweep_dir: Path, preset: str, workers: int) -> N
           f"{len(jobs) - len(todo)} finished; to run: {len(todo)} jobs, ~{total:.0f} "
           f"worker-minutes, ~{format_duration(wall * 60)} on {workers} worker(s) ({source})",
           flush=True)
+    return minutes
 
 
 def sweep_backend(args) -> str:
@@ -191,14 +223,16 @@ def main(argv=None) -> int:
                                 f"sweep directory (the --out of another sweep)")
         jobs = plan(tasks, algos, arms, seeds, settings, world_model_fingerprint_of)
         out = args.out
+        n_workers = args.workers if args.engine == "local" else 1
         if args.dry_run:
-            print_plan(jobs, out, preset, args.workers if args.engine == "local" else 1)
+            print_plan(jobs, read_records(jobs, out), preset, n_workers)
             return 0
         check_settings(out, settings, args.force)
         from dawm_fast.experiments.reuse import reuse_trained_world_models
         for line in reuse_trained_world_models(jobs, out, args.reuse_world_models, config_of):
             print(f"[sweep] {line}", flush=True)
-        print_plan(jobs, out, preset, args.workers if args.engine == "local" else 1)
+        # read after the reuse step, which may have seeded world models
+        minutes = print_plan(jobs, read_records(jobs, out), preset, n_workers)
         visible = torch.cuda.device_count()
         gpus_per_run = args.gpus_per_run if args.gpus_per_run is not None else \
             (1.0 if visible else 0.0)
@@ -214,7 +248,7 @@ def main(argv=None) -> int:
                                 f"GPUs, at most the {gpus} it has")
             summary = run_local(jobs, out, args.workers, args.threads_per_worker, gpus,
                                 int(gpus_per_run) if gpus else 0,
-                                expected_minutes=job_minutes(jobs, out, preset))
+                                expected_minutes=minutes)
     except GridError as e:
         die(str(e))
     except KeyboardInterrupt:

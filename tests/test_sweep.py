@@ -227,7 +227,8 @@ def test_a_seeded_world_model_is_planned_and_learned_from_as_its_generation_only
     (tmp_path / "wm" / "seeded" / "progress.json").write_text(json.dumps({"done": {
         "data": {"wall_s": 30.0}, "idm": {"wall_s": 30.0}, "world_model": {"wall_s": 600.0}}}))
     full = fresh.estimated_minutes("cpu")
-    minutes = sweep.job_minutes([seeded, fresh], tmp_path, "cpu")
+    minutes = sweep.job_minutes([seeded, fresh], sweep.read_records([seeded, fresh], tmp_path),
+                                "cpu")
     assert minutes["wm/fresh"] == full
     assert minutes["wm/seeded"] == max(full - 11.0, 0.1 * full) < full
     # the seeded one ran 1.5x its plan: the fresh one is expected to, too (not at its 1.5x minutes)
@@ -236,6 +237,28 @@ def test_a_seeded_world_model_is_planned_and_learned_from_as_its_generation_only
     # one resumed from a mid-training checkpoint ran an unknown part of itself: nothing learned
     ended["wm/seeded"].resumed = True
     assert ETA(minutes, ended, workers=1).left_s([fresh], {}, 0.0) == 60 * full
+
+
+def test_a_resumed_rl_run_is_planned_as_the_updates_it_has_left(tmp_path):
+    """A run stopped at 90k of 100k updates (checkpointed) has a tenth of itself left, not a
+    whole run; one that never logged an update is a whole run."""
+    from dawm_fast.experiments.grid import Job
+    resumed, fresh = (Job(name=f"rl/{n}", kind="rl", task="hopper-medium-replay", seed=0,
+                          args=[], algo="iql") for n in ("resumed", "fresh"))
+    run = tmp_path / "rl" / "resumed"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"rl_steps": 100_000}))
+    with open(run / "metrics.csv", "w", newline="") as f:
+        f.write("stage,step,wall_s,metric,value\r\n")
+        for step in range(1000, 90_001, 1000):
+            f.write(f"rl,{step},1.0,critic_loss,0.5\r\n")
+        f.write("data,100000,1.0,transitions,100000\r\n")    # another stage's step: ignored
+    records = sweep.read_records([resumed, fresh], tmp_path)
+    assert abs(records["rl/resumed"].left_fraction - 0.1) < 1e-12
+    assert records["rl/fresh"].left_fraction == 1.0 and not records["rl/fresh"].finished
+    minutes = sweep.job_minutes([resumed, fresh], records, "cpu")
+    full = fresh.estimated_minutes("cpu")
+    assert minutes["rl/fresh"] == full and abs(minutes["rl/resumed"] - 0.1 * full) < 1e-9
 
 
 def test_a_world_model_without_its_synthetic_data_is_not_finished_and_eta_takes_the_median(tmp_path):
@@ -257,7 +280,8 @@ def test_a_world_model_without_its_synthetic_data_is_not_finished_and_eta_takes_
         (tmp_path / job.name).mkdir(parents=True)
         (tmp_path / job.name / "results.json").write_text(
             json.dumps({"wall_time_s": {"rl": 60 * minutes - 30, "evaluation": 30.0}}))
-    assert sweep.measured_minutes([wm, *rl], tmp_path) == {"wm": 10.0, "td3bc": 16.0}
+    records = sweep.read_records([wm, *rl], tmp_path)
+    assert sweep.measured_minutes([wm, *rl], records) == {"wm": 10.0, "td3bc": 16.0}
 
 
 def test_a_sweep_over_generation_settings_trains_each_world_model_once(store, tmp_path, capsys):
