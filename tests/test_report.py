@@ -253,3 +253,38 @@ def test_across_task_statistics_use_the_seeds_both_arms_have(tmp_path):
     assert rep["aggregates"] == [] and len(rep["pairs"]) == 1
     lead = (tmp_path / "report.md").read_text().split("## Per task")[0]
     assert "Still filling" in lead and "| hopper-medium-replay | TD3+BC |" not in lead
+
+
+def test_world_model_fidelity_sits_beside_the_gain(tmp_path, rng):
+    """Per task, the mean over its seeds' world models (one per seed, read by both algos' DAWM
+    runs) of the replay errors, beside DAWM − plain; runs without the replay check leave their
+    task out."""
+    errs = {}
+    for seed in range(3):
+        state, still = rng.uniform(0.01, 0.1), rng.uniform(0.2, 0.5)
+        reward, action = rng.uniform(0.1, 0.3), rng.uniform(0.01, 0.1)
+        errs[seed] = (state, still, reward, action)
+        for algo, shift in (("td3bc", 2.0), ("iql", -1.0)):
+            base = float(rng.uniform(30, 40))
+            fake_run(tmp_path, "hopper-medium-replay", algo, "plain", seed, base, [base] * 3)
+            run = fake_run(tmp_path, "hopper-medium-replay", algo, "dawm", seed, base + shift,
+                           [base] * 3)
+            res = json.loads((run / "results.json").read_text())
+            res.update(replay_state_error=state, replay_still_error=still,
+                       replay_reward_rmse=reward, action_consistency_mse=action)
+            (run / "results.json").write_text(json.dumps(res))
+        fake_run(tmp_path, "walker2d-medium-replay", "td3bc", "plain", seed, 20.0, [20.0] * 3)
+        fake_run(tmp_path, "walker2d-medium-replay", "td3bc", "dawm", seed, 15.0, [15.0] * 3)
+    rep = make_report(tmp_path, reps=100)
+    (row,) = rep["world_models"]                  # walker2d's runs have no replay check
+    assert row["task"] == "hopper-medium-replay" and row["seeds"] == [0, 1, 2]
+    assert np.isclose(row["state_error"], np.mean([e[0] for e in errs.values()]))
+    assert np.isclose(row["state_error_vs_still"], np.mean([e[0] / e[1] for e in errs.values()]))
+    assert np.isclose(row["reward_rmse"], np.mean([e[2] for e in errs.values()]))
+    assert np.isclose(row["idm_action_error"], np.mean([e[3] for e in errs.values()]))
+    assert np.allclose([row["dawm_minus_plain_final"][a] for a in ("td3bc", "iql")], [2.0, -1.0])
+    write_report(tmp_path, reps=100)
+    md = (tmp_path / "report.md").read_text()
+    line = next(ln for ln in md.splitlines() if ln.startswith("| hopper-medium-replay | 3 | "))
+    assert "DAWM − plain: IQL | DAWM − plain: TD3+BC |" in md   # columns by algo name
+    assert line.endswith("| -1.0 | +2.0 |")

@@ -243,6 +243,38 @@ def aggregate(cells: list[Cell], reps: int, min_seeds: int = 1) -> list[dict]:
     return out
 
 
+def world_model_fidelity(cells: list[Cell], pairs: list[dict]) -> list[dict]:
+    """Per task: how close its world models (one per seed, shared by the seed's DAWM runs) come
+    to the simulator, their synthetic transitions replayed in it, beside DAWM − plain: whether
+    DAWM helps where its world model is good. Mean over the seeds' world models; tasks whose
+    runs predate the replay check are left out."""
+    fields = ("replay_state_error", "replay_still_error", "replay_reward_rmse",
+              "action_consistency_mse")
+    per_task: dict[str, dict[int, dict]] = {}
+    for c in cells:
+        if c.arm == "dawm" and not c.refused:
+            for r in c.runs:
+                per_task.setdefault(c.task, {})[r.results["seed"]] = r.results
+    rows = []
+    for task, by_seed in sorted(per_task.items()):
+        if any(res.get(k) is None for res in by_seed.values() for k in fields):
+            continue
+        mean = lambda f: float(np.mean([f(res) for res in by_seed.values()]))
+        gains = {p["algo"]: p["final"]["mean"] for p in pairs
+                 if p["task"] == task and p["arm"] == "dawm" and "final" in p}
+        rows.append({
+            "task": task, "seeds": sorted(by_seed),
+            "state_error": mean(lambda r: r["replay_state_error"]),
+            # the share of a no-motion model's error left: comparable across envs, whose state
+            # errors differ in scale
+            "state_error_vs_still": mean(lambda r: r["replay_state_error"]
+                                         / r["replay_still_error"]),
+            "reward_rmse": mean(lambda r: r["replay_reward_rmse"]),
+            "idm_action_error": mean(lambda r: r["action_consistency_mse"]),
+            "dawm_minus_plain_final": gains})
+    return rows
+
+
 def as_roots(roots: Path | list[Path]) -> list[Path]:
     """One sweep directory or several, as a list."""
     return [roots] if isinstance(roots, Path) else list(roots)
@@ -274,17 +306,18 @@ def make_report(roots: Path | list[Path], reps: int = stats.DEFAULT_REPS,
     runs = finished_runs(roots) if runs is None else runs
     cells = build_cells(runs)
     roots = as_roots(roots)
-    report = {
+    pairs = compare_pairs(cells, reps)
+    return {
         "sweep_dir": label or ", ".join(str(r) for r in roots),
         "n_runs": len(runs),
         "cells": [{**c.summary(), "refused": c.refused} for c in cells],
-        "pairs": compare_pairs(cells, reps),
+        "pairs": pairs,
         "aggregates": aggregate(cells, reps, min_seeds),
+        "world_models": world_model_fidelity(cells, pairs),
         "min_seeds": min_seeds,
         "std": "sample standard deviation over seeds (ddof 1)",
         "ci": f"95% percentile bootstrap, {reps} resamples",
     }
-    return report
 
 
 # -- writing ---------------------------------------------------------------------------------------
@@ -358,6 +391,7 @@ def to_markdown(rep: dict, commands: list[str] | None = None) -> str:
                          f"{_pm(c['last3_mean'], c['last3_std'])} | "
                          f"{_num(c['label_action_mse'])} | "
                          f"{_num(c['label_replay_state_error'])} |")
+    lines += fidelity_table(rep)
     if rep["aggregates"]:
         lines += ["", "## Across tasks (IQM and probability of improvement, stratified "
                       "bootstrap 95% CIs; Agarwal et al. 2021)", "",
@@ -373,6 +407,30 @@ def to_markdown(rep: dict, commands: list[str] | None = None) -> str:
     lines += ["", "Plots: `plots/curves_<task>.png` (mean eval score with a ± std band over "
                   "seeds), `plots/aggregates.png`.", ""]
     return "\n".join(lines)
+
+
+def fidelity_table(rep: dict) -> list[str]:
+    rows = rep.get("world_models") or []
+    if not rows:
+        return []
+    algos = sorted({a for r in rows for a in r["dawm_minus_plain_final"]})
+    name = {"td3bc": "TD3+BC", "iql": "IQL"}
+    lines = ["", "## World models beside the gain", "",
+             "Each task's world models (one per seed) with their synthetic transitions replayed "
+             "in the simulator: next-state error (standardized MSE) and the share it is of the "
+             "error of a model that predicts no motion, reward RMSE, and the IDM's action error "
+             "at window starts (MSE per element); beside DAWM − plain (final, mean over the "
+             "paired seeds).", "",
+             "| task | world models | state error | ÷ no motion | reward RMSE | IDM action error | "
+             + " | ".join(f"DAWM − plain: {name.get(a, a)}" for a in algos) + " |",
+             "| --- " * (6 + len(algos)) + "|"]
+    for r in rows:
+        gains = [r["dawm_minus_plain_final"].get(a) for a in algos]
+        lines.append(f"| {r['task']} | {len(r['seeds'])} | {r['state_error']:.4f} | "
+                     f"{r['state_error_vs_still']:.2f} | {r['reward_rmse']:.3f} | "
+                     f"{r['idm_action_error']:.4f} | "
+                     + " | ".join("—" if g is None else f"{g:+.1f}" for g in gains) + " |")
+    return lines
 
 
 def lead_table(rep: dict) -> list[str]:
