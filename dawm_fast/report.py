@@ -51,8 +51,8 @@ def main(argv=None) -> int:
                                   "there; drop --out, or export each sweep on its own")
             n = export_results(roots[0], args.export, aliases)
             print(f"exported {n} files of finished runs to {args.export}", flush=True)
-            # the exported report names the sweep it came from, not the copy
-            label = apply_aliases(str(roots[0].absolute()), aliases)
+            # the exported report names the sweep it came from (as given), not the copy
+            label = apply_aliases(str(roots[0]), aliases)
             roots = [args.export]
         commands = [apply_aliases(c, aliases) for c in args.command]
         rep = write_report(roots, args.reps, commands, out, args.min_seeds, label)
