@@ -410,6 +410,7 @@ def to_markdown(rep: dict, commands: list[str] | None = None) -> str:
 
 
 def fidelity_table(rep: dict) -> list[str]:
+    """The report's world-model table: per task, the replay errors beside DAWM − plain."""
     rows = rep.get("world_models") or []
     if not rows:
         return []
@@ -576,6 +577,7 @@ TEXT_SUFFIXES = (".json", ".csv", ".md", ".txt")
 
 
 def apply_aliases(text: str, aliases: list[tuple[str, str]]) -> str:
+    """Each (OLD, NEW) of an export's --path-alias, in order."""
     for old, new in aliases:
         text = text.replace(old, new)
     return text
@@ -620,11 +622,10 @@ def export_results(root: Path, dest: Path, aliases: list[tuple[str, str]] = ()) 
             target = dest / src.relative_to(root)
             target.parent.mkdir(parents=True, exist_ok=True)
             if aliases and src.suffix in TEXT_SUFFIXES:
-                # bytes, not text: a CSV's \r\n line ends stay as they are
-                data = src.read_bytes()
-                for old, new in aliases:
-                    data = data.replace(old.encode(), new.encode())
-                target.write_bytes(data)
+                # decoded from bytes, not read as text: a CSV's \r\n line ends stay as they are
+                text = src.read_bytes().decode("utf-8", errors="surrogateescape")
+                target.write_bytes(apply_aliases(text, aliases).encode(
+                    "utf-8", errors="surrogateescape"))
             else:
                 shutil.copy2(src, target)
             n += 1
