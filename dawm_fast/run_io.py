@@ -107,6 +107,16 @@ def load_arrays(path: Path, stage: str, keys: tuple[str, ...]) -> dict[str, np.n
     return arrays
 
 
+def read_metric_rows(path: Path) -> list[dict]:
+    """The rows of a metrics.csv (MetricsLog's long format) as dicts; [] when there is none.
+    Read-only: for readers outside the run (reports, sweep plans), which must not repair or
+    rewrite a file a running job is appending to."""
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
 class MetricsLog:
     """Long-format CSV (stage, step, wall_s, metric, value): one row per measured number."""
 
@@ -153,8 +163,7 @@ class MetricsLog:
                 w.writerow((stage, step, wall, k, f"{float(v):.6g}"))
 
     def read(self) -> list[dict]:
-        with open(self.path, newline="") as f:
-            return list(csv.DictReader(f))
+        return read_metric_rows(self.path)
 
     def truncate_after(self, stage: str, step: int) -> None:
         """Drop rows of `stage` beyond `step` (written after the checkpoint a resume starts

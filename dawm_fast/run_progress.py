@@ -45,6 +45,18 @@ def read_progress(path: Path, stages: tuple[str, ...]) -> dict | None:
     return state
 
 
+def stages_done(run_dir: Path) -> dict[str, dict]:
+    """The finished stages a run directory's progress.json lists, for readers outside the run
+    (sweep plans, reuse, exports): {} when it has none or it is unreadable, because those skip
+    a run they cannot read rather than fail (the run itself reports a corrupt file, via
+    read_progress)."""
+    try:
+        done = json.loads((run_dir / "progress.json").read_text()).get("done")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return done if isinstance(done, dict) else {}
+
+
 class RunProgress:
     """The finished stages of one run directory, written atomically at every change."""
 

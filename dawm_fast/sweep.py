@@ -9,7 +9,6 @@ same command skips finished runs and resumes unfinished ones.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import statistics
 import sys
@@ -17,8 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dawm_fast.experiments.grid import (ARMS, GridError, Job, SweepSettings, check_settings,
-                                        expand_tasks, plan, saved_settings)
-from dawm_fast.run_io import format_duration, die
+                                        expand_tasks, plan, saved_settings,
+                                        world_model_finished)
+from dawm_fast.run_io import format_duration, die, read_metric_rows
+from dawm_fast.run_progress import stages_done
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -110,11 +111,13 @@ def read_records(jobs: list[Job], sweep_dir: Path) -> dict[str, JobRecord]:
 
 def read_record(job: Job, sweep_dir: Path) -> JobRecord:
     run = sweep_dir / job.name
+    if job.kind == "wm":
+        done = stages_done(run)
+        return JobRecord(world_model_finished(run, done),
+                         sum(v.get("wall_s", 0.0) for v in done.values()
+                             if isinstance(v, dict)) / 60)
     finished = job.finished(sweep_dir)
     try:
-        if job.kind == "wm":
-            done = json.loads((run / "progress.json").read_text())["done"]
-            return JobRecord(finished, sum(v.get("wall_s", 0.0) for v in done.values()) / 60)
         if finished:
             wall = json.loads((run / "results.json").read_text())["wall_time_s"]
             return JobRecord(True, sum(wall.values()) / 60, 0.0)
@@ -127,9 +130,8 @@ def read_record(job: Job, sweep_dir: Path) -> JobRecord:
 def last_rl_step(run: Path) -> int:
     """The last update an RL run logged (0 before its first): a resumed run has only the rest
     left, and planning it as a whole run put a finished-but-for-a-few-updates run at 20 min."""
-    with open(run / "metrics.csv", newline="") as f:
-        return max((int(row["step"]) for row in csv.DictReader(f) if row.get("stage") == "rl"),
-                   default=0)
+    return max((int(row["step"]) for row in read_metric_rows(run / "metrics.csv")
+                if row.get("stage") == "rl"), default=0)
 
 
 def measured_minutes(jobs: list[Job], records: dict[str, JobRecord]) -> dict[str, float]:

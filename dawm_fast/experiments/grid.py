@@ -20,6 +20,7 @@ from pathlib import Path
 
 from dawm_fast.config import dict_differences
 from dawm_fast.data.tasks import TASK_NAMES
+from dawm_fast.run_progress import stages_done
 
 # dawm: synthetic data with IDM actions; plain: synthetic ratio 0; dawm-bc / dawm-random: the
 # action-label ablation (same world model, states and rewards; actions from a BC policy or
@@ -92,15 +93,15 @@ class Job:
         run = sweep_dir / self.name
         if self.kind == "rl":
             return (run / "results.json").exists()
-        if not (run / "synthetic.npz").exists():
-            return False
-        try:
-            return "generation" in json.loads((run / "progress.json").read_text())["done"]
-        except (OSError, ValueError, KeyError):
-            return False
+        return world_model_finished(run, stages_done(run))
 
     def estimated_minutes(self, preset: str) -> float:
         return ESTIMATED_MINUTES.get((preset, self.timing_kind), 10.0)
+
+
+def world_model_finished(run: Path, done: dict) -> bool:
+    """A world-model directory whose progress lists `done` has its synthetic data."""
+    return "generation" in done and (run / "synthetic.npz").exists()
 
 
 def expand_tasks(envs: list[str]) -> list[str]:

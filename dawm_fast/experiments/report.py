@@ -7,7 +7,6 @@ whose configs differ in more than the synthetic data is not compared.
 """
 from __future__ import annotations
 
-import csv
 import json
 import re
 from dataclasses import dataclass, field
@@ -18,6 +17,8 @@ import numpy as np
 from dawm_fast.config import (SYNTHETIC_DATA_FIELDS, SYNTHETIC_LABEL_FIELDS, dict_differences,
                               normalized_config_dict)
 from dawm_fast.experiments import stats
+from dawm_fast.run_io import read_metric_rows
+from dawm_fast.run_progress import stages_done
 
 ARM_ORDER = ("dawm", "plain", "dawm-bc", "dawm-random")
 ARM_COLORS = {"dawm": "tab:blue", "plain": "tab:gray", "dawm-bc": "tab:orange",
@@ -101,12 +102,8 @@ def load_runs(root: Path) -> list[Run]:
 
 
 def read_evals(path: Path) -> list[tuple[int, float]]:
-    if not path.exists():
-        return []
-    with open(path, newline="") as f:
-        rows = [(int(r["step"]), float(r["value"])) for r in csv.DictReader(f)
-                if r["stage"] == "rl" and r["metric"] == "eval_score"]
-    return sorted(rows)
+    return sorted((int(r["step"]), float(r["value"])) for r in read_metric_rows(path)
+                  if r["stage"] == "rl" and r["metric"] == "eval_score")
 
 
 def _setting_differences(a: dict, b: dict) -> list[str]:
@@ -610,10 +607,7 @@ def export_results(root: Path, dest: Path, aliases: list[tuple[str, str]] = ()) 
     # the world models the runs read: their progress (what they measured) and config; one still
     # training or generating is left for a later export (its files would say half a story)
     for wm in sorted((root / "wm").glob("*")) if (root / "wm").is_dir() else []:
-        try:
-            if "generation" not in json.loads((wm / "progress.json").read_text())["done"]:
-                continue
-        except (OSError, ValueError, KeyError, TypeError):
+        if "generation" not in stages_done(wm):
             continue
         sources += [wm / "progress.json", wm / "config.json", wm / "dynamics_check.json",
                     *sorted(wm.glob("plots/*.png")), wm / "metrics.csv"]

@@ -20,6 +20,7 @@ from pathlib import Path
 from dawm_fast.config import ConfigMigrationError, config_from_dict, world_model_training_fingerprint
 from dawm_fast.experiments.grid import Job
 from dawm_fast.run_io import MetricsLog, write_json
+from dawm_fast.run_progress import stages_done
 
 TRAINED_STAGES = ("data", "idm", "world_model")
 TRAINED_FILES = ("idm.pt", "world_model.pt")
@@ -30,8 +31,8 @@ def trained_world_models(sweep_dirs: list[Path]) -> dict[str, Path]:
     found: dict[str, Path] = {}
     for sweep in sweep_dirs:
         for run in sorted((sweep / "wm").glob("*")):
+            done = stages_done(run)
             try:
-                done = json.loads((run / "progress.json").read_text())["done"]
                 cfg = config_from_dict(json.loads((run / "config.json").read_text()))
             except (OSError, ValueError, KeyError, TypeError, ConfigMigrationError):
                 continue
