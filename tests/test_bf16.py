@@ -94,9 +94,15 @@ def test_bf16_is_off_by_default_and_changes_the_forward_dtype(seed):
 def test_fast_trainer_bf16_matches_reference_bf16(seed):
     """The fast trainer under bf16 autocast (on a GPU: autocast inside the step's CUDA graph, the
     epilogue op's Triton kernels reading and writing bf16; on a CPU the fused blocks with the
-    reference epilogue) against the reference trainer under bf16: losses within bf16
-    rounding."""
-    dim, batch, steps = (32, 64, 20) if CUDA else (8, 2, 2)
+    reference epilogue) against the reference trainer under bf16: losses within bf16 rounding.
+
+    The first step starts from identical weights, so its loss is compared tightly. Later steps are
+    not: Adam's first update is about lr * sign(grad), and bf16 rounding flips the sign of the
+    smallest gradients, so the two trainers' weights part by a full step in a few entries and
+    single later losses differ by up to 5% (measured on the CPU over 100 seeds, batch 16: step 1
+    at most 0.45%, any later step at most 4.9%, the mean over 6 steps at most 1.8%). A batch of 2
+    (this test's old size) put step 2 at up to 8%, which failed CI at rtol 3e-2."""
+    dim, batch, steps = (32, 64, 20) if CUDA else (8, 16, 6)
     x0, ret, act = _windows(seed, 256)
     cfg = dataclasses.replace(CFG, bf16=True)
     ref = WorldModelTrainer(_model(seed % 1000, dim), cfg)
@@ -105,7 +111,9 @@ def test_fast_trainer_bf16_matches_reference_bf16(seed):
     r = _losses(ref, WindowBatcher(x0, ret, act, batch, gens[0]), steps)
     f = _losses(fast, WindowBatcher(x0, ret, act, batch, gens[1]), steps)
     print(f"reference bf16 {r}, fast bf16 {f}")
-    np.testing.assert_allclose(f, r, rtol=3e-2)
+    np.testing.assert_allclose(f[0], r[0], rtol=1e-2)
+    np.testing.assert_allclose(f.mean(), r.mean(), rtol=5e-2)
+    np.testing.assert_allclose(f, r, rtol=0.15)
 
 
 def test_bf16_sampling_is_a_separate_graph_and_keeps_fp32_state(seed):
