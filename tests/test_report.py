@@ -288,3 +288,31 @@ def test_world_model_fidelity_sits_beside_the_gain(tmp_path, rng):
     line = next(ln for ln in md.splitlines() if ln.startswith("| hopper-medium-replay | 3 | "))
     assert "DAWM − plain: IQL | DAWM − plain: TD3+BC |" in md   # columns by algo name
     assert line.endswith("| -1.0 | +2.0 |")
+
+
+def test_a_report_over_committed_reports_quotes_the_commands_that_made_each(tmp_path, rng):
+    """The lead table's numbers come from committed reports; the lead report says, per source,
+    the commands that made its runs: from report.json, or from report.md's "Made by:" block for
+    a report written before report.json kept them; a source without either says so."""
+    dirs = {name: tmp_path / name for name in ("p1", "p2", "p3")}
+    for i, d in enumerate(dirs.values()):
+        for arm in ("dawm", "plain"):
+            for seed in range(2):
+                fake_run(d, f"task{i}-medium", "iql", arm, seed, float(rng.uniform(0, 100)),
+                         list(rng.uniform(0, 100, 3)))
+    cmd1 = f"python -m dawm_fast.sweep --envs task0-medium --seeds {rng.integers(1000)}"
+    assert report_cli.main([str(dirs["p1"]), "--reps", "100", "--command", cmd1]) == 0
+    assert json.loads((dirs["p1"] / "report.json").read_text())["commands"] == [cmd1]
+    cmd2 = f"python -m dawm_fast.sweep --envs task1-medium --seeds {rng.integers(1000)}"
+    (dirs["p2"] / "report.md").write_text(f"# Sweep report\n\nMade by:\n\n```\n{cmd2}\n```\n\nx\n")
+    lead = tmp_path / "lead"
+    here = "python -m dawm_fast.report p1 p2 p3 --out lead"
+    assert report_cli.main([*(str(d) for d in dirs.values()), "--out", str(lead), "--reps",
+                            "100", "--command", here]) == 0
+    rep = json.loads((lead / "report.json").read_text())
+    assert rep["commands"] == [here]
+    assert [s["commands"] for s in rep["sources"]] == [[cmd1], [cmd2], []]
+    md = (lead / "report.md").read_text()
+    assert md.index(here) < md.index(f"Runs from `{dirs['p1']}`, made by:") < md.index(cmd1) \
+        < md.index(f"Runs from `{dirs['p2']}`, made by:") < md.index(cmd2)
+    assert f"Runs from `{dirs['p3']}` (no command recorded)" in md

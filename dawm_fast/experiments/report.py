@@ -338,6 +338,12 @@ def to_markdown(rep: dict, commands: list[str] | None = None) -> str:
     lines = [f"# Sweep report: `{rep['sweep_dir']}`", ""]
     if commands:
         lines += ["Made by:", "", "```", *commands, "```", ""]
+    for src in rep.get("sources", []):
+        # a report over several committed reports: each one's runs and how they were made
+        lines += [f"Runs from `{src['dir']}`" + (", made by:" if src["commands"] else
+                                                  " (no command recorded)"), ""]
+        if src["commands"]:
+            lines += ["```", *src["commands"], "```", ""]
     lines += [f"{rep['n_runs']} finished runs. Scores are D4RL-normalized. **final**: the final "
               f"evaluation of each run; **last 3**: the mean of its last three evaluations during "
               f"training. ± is the {rep['std']}; CIs are {rep['ci']}.", ""]
@@ -555,12 +561,31 @@ def write_report(roots: Path | list[Path], reps: int = stats.DEFAULT_REPS,
         out = roots[0]
     runs = finished_runs(roots)              # read once, for the numbers and the plots
     rep = make_report(roots, reps, runs, min_seeds, label)
+    rep["commands"] = list(commands or [])
+    if len(roots) > 1:
+        rep["sources"] = [{"dir": str(r), "commands": source_commands(r)} for r in roots]
     from dawm_fast.run_io import atomic_write_text, write_json
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "report.json", rep)
     atomic_write_text(out / "report.md", to_markdown(rep, commands))
     write_plots(rep, runs, out / "plots")
     return rep
+
+
+def source_commands(root: Path) -> list[str]:
+    """The commands that made a committed report's runs: its report.json's "commands", or, for
+    a report written before report.json kept them, the "Made by:" block of its report.md. []
+    for a plain sweep directory (no report yet) or a report made without --command."""
+    try:
+        return list(json.loads((root / "report.json").read_text())["commands"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    try:
+        lines = (root / "report.md").read_text().splitlines()
+        start = lines.index("Made by:") + 3              # "Made by:", "", "```"
+        return lines[start:lines.index("```", start)]
+    except (OSError, ValueError):
+        return []
 
 
 # What a finished run leaves that is worth keeping: no checkpoints, no synthetic data.
