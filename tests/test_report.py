@@ -10,18 +10,22 @@ from dawm_fast import report as report_cli
 from dawm_fast.experiments.report import ReportError, make_report, write_report
 
 
-def fake_run(root, task, algo, arm, seed, final, evals, config_extra=None, version="0.1.0"):
+def fake_run(root, task, algo, arm, seed, final, evals, config_extra=None, version="0.1.0",
+             results_extra=None):
+    """arm: plain, dawm (IDM labels) or dawm-bc / dawm-random (the action-label ablation)."""
     run = root / "rl" / f"{task}_{algo}_{arm}_seed{seed}"
     run.mkdir(parents=True)
-    ratio = 0.5 if arm == "dawm" else 0.0
+    synthetic = arm.startswith("dawm")
+    ratio = 0.5 if synthetic else 0.0
     config = {"env": task, "algo": algo, "seed": seed, "preset": "cpu", "synthetic_ratio": ratio,
-              "world_model_dir": f"wm/{task}_seed{seed}" if arm == "dawm" else None,
+              "world_model_dir": f"wm/{task}_seed{seed}" if synthetic else None,
+              "synthetic_actions": arm.removeprefix("dawm-") if "-" in arm else "idm",
               "rl_steps": 100, **(config_extra or {})}
     (run / "results.json").write_text(json.dumps({
         "env": task, "algo": algo, "seed": seed, "synthetic_ratio": ratio, "preset": "cpu",
         "backend": "reference", "final_score_mean": final, "dataset_source": "embedded (test)",
         "eval_env": "Hopper-v5", "score_reference": "D4RL (test)", "config": config,
-        "code": {"version": version, "git_commit": "abc"}}))
+        "code": {"version": version, "git_commit": "abc"}, **(results_extra or {})}))
     with open(run / "metrics.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(("stage", "step", "wall_s", "metric", "value"))
@@ -316,3 +320,40 @@ def test_a_report_over_committed_reports_quotes_the_commands_that_made_each(tmp_
     assert md.index(here) < md.index(f"Runs from `{dirs['p1']}`, made by:") < md.index(cmd1) \
         < md.index(f"Runs from `{dirs['p2']}`, made by:") < md.index(cmd2)
     assert f"Runs from `{dirs['p3']}` (no command recorded)" in md
+
+
+def test_the_action_label_ablation_is_paired_against_the_idms_labels(tmp_path, rng):
+    """Program 3 of #18: per labeller its score, its action error, and its score minus the
+    IDM's paired over seeds (a hand computation); a labeller's runs that differ from the IDM's in
+    more than the labels are refused, not compared."""
+    root = tmp_path / "p3"
+    task, n_seeds = "hopper-medium-replay", 3
+    scores, errors = {}, {}
+    for arm in ("plain", "dawm", "dawm-bc", "dawm-random"):
+        scores[arm] = rng.uniform(0, 100, n_seeds)
+        errors[arm] = rng.uniform(0, 1, n_seeds)
+        for seed in range(n_seeds):
+            extra = ({"action_consistency_mse": errors[arm][seed], "replay_state_error": 0.01}
+                     if arm == "dawm" else {"label_action_mse": errors[arm][seed],
+                                            "label_replay_state_error": 0.02})
+            fake_run(root, task, "iql", arm, seed, float(scores[arm][seed]),
+                     list(rng.uniform(0, 100, 3)), results_extra=extra,
+                     config_extra={"rl_steps": 200} if arm == "dawm-random" else None)
+    rep = write_report(root, reps=500, out=tmp_path / "out")
+    by_arm = {p["arm"]: p for p in rep["label_pairs"]}
+    assert set(by_arm) == {"dawm-bc", "dawm-random"}
+    assert by_arm["dawm-bc"]["final"]["mean"] == pytest.approx(
+        np.mean(scores["dawm-bc"] - scores["dawm"]))
+    assert by_arm["dawm-bc"]["seeds"] == [0, 1, 2]
+    assert "rl_steps" in by_arm["dawm-random"]["refused"]        # other settings: not compared
+    cells = {c["arm"]: c for c in rep["cells"]}
+    assert cells["dawm-bc"]["label_action_mse"] == pytest.approx(np.mean(errors["dawm-bc"]))
+    assert cells["dawm"]["label_action_mse"] == pytest.approx(np.mean(errors["dawm"]))
+    md = (tmp_path / "out" / "report.md").read_text()
+    bc_row = next(line for line in md.splitlines() if "| BC policy |" in line)
+    d = scores["dawm-bc"] - scores["dawm"]
+    assert f"| {np.mean(errors['dawm-bc']):.4f} | 0.0200 | {d.mean():+.1f} [" in bc_row
+    random_row = next(line for line in md.splitlines() if "| uniform random |" in line)
+    assert "differ in more than who labels the actions" in random_row
+    idm_row = next(line for line in md.splitlines() if "| IDM (DAWM) |" in line)
+    assert idm_row.count("|") == bc_row.count("|") == 11

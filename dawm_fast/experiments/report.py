@@ -187,22 +187,37 @@ def compare_pairs(cells: list[Cell], reps: int) -> list[dict]:
         plain = ok.get((task, algo, "plain"))
         if arm == "plain" or plain is None:
             continue
-        row = {"task": task, "algo": algo, "arm": arm}
-        diff = _setting_differences(dawm.runs[0].settings(PAIR_FIELDS),
-                                    plain.runs[0].settings(PAIR_FIELDS))
-        if diff:
-            row["refused"] = "DAWM and plain runs differ in more than the synthetic data: " + \
-                "; ".join(diff[:4])
-            out.append(row)
-            continue
-        for metric in ("final", "last3"):
-            a, b = dawm.by_seed(metric), plain.by_seed(metric)
-            seeds = sorted(set(a) & set(b))
-            row[metric] = stats.paired_difference([a[s] for s in seeds], [b[s] for s in seeds],
-                                                  reps=reps)
-            row["seeds"] = seeds
-        out.append(row)
+        out.append(paired_row(dawm, plain, PAIR_FIELDS, reps,
+                              "DAWM and plain runs differ in more than the synthetic data"))
     return out
+
+
+def label_pairs(cells: list[Cell], reps: int) -> list[dict]:
+    """The IDM ablation: per task x algo, each other action labeller's arm (dawm-bc,
+    dawm-random) minus DAWM's IDM labels, paired over the seeds both have. The runs share the
+    world model, its synthetic states and rewards, so the difference is the labels' alone."""
+    ok = {(c.task, c.algo, c.arm): c for c in cells if not c.refused}
+    return [paired_row(cell, ok[(task, algo, "dawm")], PER_RUN_FIELDS + ("synthetic_actions",),
+                       reps, "the runs differ in more than who labels the actions")
+            for (task, algo, arm), cell in sorted(ok.items())
+            if arm not in ("dawm", "plain") and (task, algo, "dawm") in ok]
+
+
+def paired_row(a: Cell, b: Cell, ignore: tuple, reps: int, refusal: str) -> dict:
+    """a - b over the seeds both cells have (final and last-3), or a refusal when their
+    settings differ beyond `ignore`."""
+    row = {"task": a.task, "algo": a.algo, "arm": a.arm}
+    diff = _setting_differences(a.runs[0].settings(ignore), b.runs[0].settings(ignore))
+    if diff:
+        row["refused"] = f"{refusal}: " + "; ".join(diff[:4])
+        return row
+    for metric in ("final", "last3"):
+        x, y = a.by_seed(metric), b.by_seed(metric)
+        seeds = sorted(set(x) & set(y))
+        row[metric] = stats.paired_difference([x[s] for s in seeds], [y[s] for s in seeds],
+                                              reps=reps)
+        row["seeds"] = seeds
+    return row
 
 
 def aggregate(cells: list[Cell], reps: int, min_seeds: int = 1) -> list[dict]:
@@ -309,6 +324,7 @@ def make_report(roots: Path | list[Path], reps: int = stats.DEFAULT_REPS,
         "n_runs": len(runs),
         "cells": [{**c.summary(), "refused": c.refused} for c in cells],
         "pairs": pairs,
+        "label_pairs": label_pairs(cells, reps),
         "aggregates": aggregate(cells, reps, min_seeds),
         "world_models": world_model_fidelity(cells, pairs),
         "min_seeds": min_seeds,
@@ -378,22 +394,7 @@ def to_markdown(rep: dict, commands: list[str] | None = None) -> str:
             else:
                 lines.append(f"| {p['task']} | {p['algo']} | {p['arm']} | {len(p['seeds'])} | "
                              f"{_ci(p['final'])} | {_ci(p['last3'])} |")
-    labelled = [c for c in ok if c["arm"] != "plain"]
-    if any(c["arm"] != "dawm" for c in labelled):
-        lines += ["", "## Who labels the synthetic actions (same world model, states, rewards)",
-                  "", "Action error: the labeller's action against the real a_t at window starts "
-                  "(MSE per element). Replay: the synthetic transitions put back into the "
-                  "simulator, next-state error (standardized MSE).", "",
-                  "| task | algo | actions from | seeds | final | last 3 | action error | "
-                  "replay error |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-        for c in labelled:
-            src = {"dawm": "IDM (DAWM)", "dawm-bc": "BC policy",
-                   "dawm-random": "uniform random"}.get(c["arm"], c["arm"])
-            lines.append(f"| {c['task']} | {c['algo']} | {src} | {c['n_seeds']} | "
-                         f"{_pm(c['final_mean'], c['final_std'])} | "
-                         f"{_pm(c['last3_mean'], c['last3_std'])} | "
-                         f"{_num(c['label_action_mse'])} | "
-                         f"{_num(c['label_replay_state_error'])} |")
+    lines += label_table(rep, ok)
     lines += fidelity_table(rep)
     if rep["aggregates"]:
         lines += ["", "## Across tasks (IQM and probability of improvement, stratified "
@@ -410,6 +411,40 @@ def to_markdown(rep: dict, commands: list[str] | None = None) -> str:
     lines += ["", "Plots: `plots/curves_<task>.png` (mean eval score with a ± std band over "
                   "seeds), `plots/aggregates.png`.", ""]
     return "\n".join(lines)
+
+
+LABELLERS = {"dawm": "IDM (DAWM)", "dawm-bc": "BC policy", "dawm-random": "uniform random"}
+
+
+def label_table(rep: dict, ok: list[dict]) -> list[str]:
+    """The IDM ablation's table: per task x algo where an ablation arm ran, each action
+    labeller's score and action error, and its paired difference from the IDM's labels."""
+    ablated = {(c["task"], c["algo"]) for c in ok if c["arm"] not in ("dawm", "plain")}
+    labelled = [c for c in ok if c["arm"] != "plain" and (c["task"], c["algo"]) in ablated]
+    if not labelled:
+        return []
+    vs_idm = {(p["task"], p["algo"], p["arm"]): p for p in rep.get("label_pairs", [])}
+    lines = ["", "## Who labels the synthetic actions (same world model, states, rewards)", "",
+             "Action error: the labeller's action against the real a_t at window starts (MSE per "
+             "element). Replay: the synthetic transitions put back into the simulator, next-state "
+             "error (standardized MSE). − IDM: the labeller's score minus the IDM's, paired over "
+             "seeds (95% bootstrap CI).", "",
+             "| task | algo | actions from | seeds | final | last 3 | action error | replay error "
+             "| − IDM, final | − IDM, last 3 |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for c in labelled:
+        p = vs_idm.get((c["task"], c["algo"], c["arm"]))
+        if p is None:
+            versus = "| | |"
+        elif "refused" in p:
+            versus = f"| {p['refused']} | |"
+        else:
+            versus = f"| {_ci(p['final'])} | {_ci(p['last3'])} |"
+        lines.append(f"| {c['task']} | {c['algo']} | {LABELLERS.get(c['arm'], c['arm'])} | "
+                     f"{c['n_seeds']} | {_pm(c['final_mean'], c['final_std'])} | "
+                     f"{_pm(c['last3_mean'], c['last3_std'])} | {_num(c['label_action_mse'])} "
+                     f"| {_num(c['label_replay_state_error'])} {versus}")
+    return lines
 
 
 def fidelity_table(rep: dict) -> list[str]:
