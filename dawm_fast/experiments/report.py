@@ -350,10 +350,13 @@ def _ci(d: dict) -> str:
     return f"{d['mean']:+.1f} [{d['ci_low']:+.1f}, {d['ci_high']:+.1f}]"
 
 
-def to_markdown(rep: dict, commands: list[str] | None = None) -> str:
+MADE_BY = "Made by:"      # report.md's block of commands; source_commands reads older ones back
+
+
+def to_markdown(rep: dict) -> str:
     lines = [f"# Sweep report: `{rep['sweep_dir']}`", ""]
-    if commands:
-        lines += ["Made by:", "", "```", *commands, "```", ""]
+    if rep.get("commands"):
+        lines += [MADE_BY, "", "```", *rep["commands"], "```", ""]
     for src in rep.get("sources", []):
         # a report over several committed reports: each one's runs and how they were made
         lines += [f"Runs from `{src['dir']}`" + (", made by:" if src["commands"] else
@@ -434,16 +437,12 @@ def label_table(rep: dict, ok: list[dict]) -> list[str]:
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for c in labelled:
         p = vs_idm.get((c["task"], c["algo"], c["arm"]))
-        if p is None:
-            versus = "| | |"
-        elif "refused" in p:
-            versus = f"| {p['refused']} | |"
-        else:
-            versus = f"| {_ci(p['final'])} | {_ci(p['last3'])} |"
-        lines.append(f"| {c['task']} | {c['algo']} | {LABELLERS.get(c['arm'], c['arm'])} | "
-                     f"{c['n_seeds']} | {_pm(c['final_mean'], c['final_std'])} | "
-                     f"{_pm(c['last3_mean'], c['last3_std'])} | {_num(c['label_action_mse'])} "
-                     f"| {_num(c['label_replay_state_error'])} {versus}")
+        versus = (["", ""] if p is None else [p["refused"], ""] if "refused" in p else
+                  [_ci(p["final"]), _ci(p["last3"])])
+        cells = [c["task"], c["algo"], LABELLERS.get(c["arm"], c["arm"]), c["n_seeds"],
+                 _pm(c["final_mean"], c["final_std"]), _pm(c["last3_mean"], c["last3_std"]),
+                 _num(c["label_action_mse"]), _num(c["label_replay_state_error"]), *versus]
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
     return lines
 
 
@@ -602,7 +601,7 @@ def write_report(roots: Path | list[Path], reps: int = stats.DEFAULT_REPS,
     from dawm_fast.run_io import atomic_write_text, write_json
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "report.json", rep)
-    atomic_write_text(out / "report.md", to_markdown(rep, commands))
+    atomic_write_text(out / "report.md", to_markdown(rep))
     write_plots(rep, runs, out / "plots")
     return rep
 
@@ -617,7 +616,7 @@ def source_commands(root: Path) -> list[str]:
         pass
     try:
         lines = (root / "report.md").read_text().splitlines()
-        start = lines.index("Made by:") + 3              # "Made by:", "", "```"
+        start = lines.index(MADE_BY) + 3                 # MADE_BY, "", "```"
         return lines[start:lines.index("```", start)]
     except (OSError, ValueError):
         return []
