@@ -146,15 +146,13 @@ def measured_minutes(jobs: list[Job], records: dict[str, JobRecord]) -> dict[str
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def job_minutes(jobs: list[Job], records: dict[str, JobRecord], preset: str,
-                measured: dict[str, float] | None = None) -> dict[str, float]:
+def job_minutes(jobs: list[Job], records: dict[str, JobRecord], preset: str) -> dict[str, float]:
     """Expected minutes of each job still to run: measured in this sweep for its kind, else the
     preset's, less what the job already has: a world model seeded by --reuse-world-models (or
     stopped mid-way) has its training stages done and only generates (counting it as a whole
     world model put hours of phantom time into the plan); an RL run resumed from its checkpoint
-    has only its remaining updates left. `measured`: measured_minutes, when the caller has it."""
-    if measured is None:
-        measured = measured_minutes(jobs, records)
+    has only its remaining updates left."""
+    measured = measured_minutes(jobs, records)
     minutes = {}
     for j in jobs:
         full = measured.get(j.timing_kind, j.estimated_minutes(preset))
@@ -174,7 +172,7 @@ def print_plan(jobs: list[Job], records: dict[str, JobRecord], preset: str,
     """Prints each job's state and the grid's time; returns each job's expected minutes."""
     measured = measured_minutes(jobs, records)
     todo = [j for j in jobs if not records[j.name].finished]
-    minutes = job_minutes(jobs, records, preset, measured)
+    minutes = job_minutes(jobs, records, preset)
     for j in jobs:
         state = "finished" if j not in todo else f"~{minutes[j.name]:.0f} min"
         dep = f"  (reads {j.depends_on})" if j.depends_on else ""
